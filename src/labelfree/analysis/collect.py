@@ -1,0 +1,403 @@
+"""Find training run directories and load them into one tidy table.
+
+A run directory is any folder holding ``run.json`` or ``metrics.jsonl`` (see DESIGN.md). It can sit
+anywhere below the roots: a Hydra multirun folder (``multirun/DATE/TIME/0``, ``/1`` ...) or any
+tree. The tidy table has one row per run x evaluation with the run's identity columns
+(:data:`RUN_COLUMNS`) followed by the record keys of ``metrics.jsonl``.
+
+Every run that is skipped or only partly usable is reported in an issues table (written as
+``skipped_runs.csv`` by ``labelfree-analyze``) with one row per problem:
+
+==========================  ========  ====================================================
+reason                      action    when
+==========================  ========  ====================================================
+``missing_run_json``        skipped   ``metrics.jsonl`` without ``run.json`` (no identity)
+``unreadable_run_json``     skipped   ``run.json`` is not a JSON object
+``missing_fields``          skipped   ``run.json`` lacks ``method``, ``arch`` or ``data``
+``failed`` / ``diverged``   skipped   run status; the run's ``error`` is in ``detail``
+``unknown_status``          skipped   status not one of :data:`STATUSES`
+``running``                 included  live or killed run; excluded if ``include_running=False``
+``no_evaluations``          skipped   no usable record in ``metrics.jsonl``
+``truncated_last_line``     included  last line cut mid-write; the good lines are kept
+``bad_line``                included  an unparsable line before the last one; dropped
+``missing_epoch``           included  a record without ``epoch``; dropped
+``duplicate_epoch``         included  an epoch evaluated twice; the last record is kept
+==========================  ========  ====================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+#: Identity columns of the tidy table, in order; the record keys follow.
+RUN_COLUMNS = (
+    "run_dir",
+    "name",
+    "dataset",
+    "arch",
+    "method",
+    "seed",
+    "status",
+    "experiment",
+    "epochs",
+)
+#: Record keys placed first among the record columns (position and timing).
+POSITION_KEYS = ("epoch", "step", "wall_s", "eval_s")
+#: Columns of the issues table (``skipped_runs.csv``).
+ISSUE_COLUMNS = ("run_dir", "name", "status", "action", "reason", "detail")
+#: Valid values of ``run.json``'s ``status``.
+STATUSES = ("running", "completed", "failed", "diverged")
+
+_SKIP_DIRS = {"checkpoints", "wandb", "__pycache__"}
+
+
+@dataclass
+class Collection:
+    """Result of :func:`collect_runs`.
+
+    Attributes:
+        runs: The tidy table, one row per run x evaluation, columns :data:`RUN_COLUMNS` then the
+            record keys (``epoch``, ``step``, ``wall_s``, ``eval_s``, ``train/*``, ``lf/*``,
+            ``sup/*``, others).
+        issues: One row per skipped or incomplete run and per damaged file, columns
+            :data:`ISSUE_COLUMNS`.
+        n_found: Number of run directories found below the roots.
+    """
+
+    runs: pd.DataFrame
+    issues: pd.DataFrame
+    n_found: int
+
+    @property
+    def n_loaded(self) -> int:
+        """Number of runs in the tidy table."""
+        return int(self.runs["run_dir"].nunique()) if len(self.runs) else 0
+
+
+@dataclass
+class _RunLoad:
+    """What loading one run directory produced."""
+
+    records: list[dict] = field(default_factory=list)
+    info: dict | None = None
+    issues: list[dict] = field(default_factory=list)
+
+
+def _natural_key(text: str) -> list:
+    """Sort key that orders ``2`` before ``10`` (Hydra multirun job folders)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def find_run_dirs(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Find every run directory below one or several roots.
+
+    A run directory is a folder that holds ``run.json`` or ``metrics.jsonl``. The walk does not
+    descend into a run directory, nor into hidden folders (``.hydra``), ``checkpoints`` or
+    ``wandb``. Overlapping roots are de-duplicated.
+
+    Args:
+        roots: A directory or a list of directories.
+
+    Returns:
+        Run directories, resolved, in natural sort order (``.../2`` before ``.../10``).
+
+    Raises:
+        FileNotFoundError: If a root does not exist or is not a directory.
+    """
+    if isinstance(roots, str | os.PathLike):
+        roots = [roots]
+    found: set[Path] = set()
+    for root in roots:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"runs path '{root}' does not exist or is not a directory. Pass runs=DIR "
+                "(or runs=[DIR1,DIR2]) pointing at training output, e.g. a Hydra multirun "
+                "folder such as multirun/2024-01-01/12-00-00."
+            )
+        for current, dirnames, filenames in os.walk(root):
+            if "run.json" in filenames or "metrics.jsonl" in filenames:
+                found.add(Path(current).resolve())
+                dirnames[:] = []
+                continue
+            dirnames[:] = sorted(
+                d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
+            )
+    return sorted(found, key=lambda p: _natural_key(str(p)))
+
+
+def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Read ``metrics.jsonl``, tolerating a truncated last line.
+
+    ``NaN``/``Infinity`` (written by Python's json) and ``null`` become float NaN/inf; ``null``
+    becomes NaN. Lines that do not parse are dropped and reported.
+
+    Args:
+        path: The ``metrics.jsonl`` file.
+
+    Returns:
+        The parsed records (dicts), and a list of ``(reason, detail)`` problems, with reasons
+        ``truncated_last_line`` and ``bad_line``.
+    """
+    problems: list[tuple[str, str]] = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records: list[dict] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            record, message = None, f"{error.msg} at column {error.colno}"
+        else:
+            message = f"expected a JSON object, got {type(record).__name__}"
+        if isinstance(record, dict):
+            records.append({k: (math.nan if v is None else v) for k, v in record.items()})
+        elif number == len(lines):
+            problems.append(
+                (
+                    "truncated_last_line",
+                    f"line {number} of {number} is cut off ({message}); kept the "
+                    f"{len(records)} complete record(s) before it",
+                )
+            )
+        else:
+            problems.append(("bad_line", f"line {number} dropped ({message})"))
+    return records, problems
+
+
+def _field(info: dict, key: str) -> object:
+    """A run.json field; a dict value (a config group) gives its ``name``."""
+    value = info.get(key)
+    if isinstance(value, dict):
+        value = value.get("name")
+    if value is None and isinstance(info.get("config"), dict):
+        value = info["config"].get(key)
+        if isinstance(value, dict):
+            value = value.get("name")
+    return value
+
+
+def _issue(run_dir: Path, info: dict | None, action: str, reason: str, detail: str) -> dict:
+    info = info or {}
+    return {
+        "run_dir": str(run_dir),
+        "name": info.get("name") or run_dir.name,
+        "status": info.get("status"),
+        "action": action,
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def _load_run(run_dir: Path, *, include_running: bool) -> _RunLoad:
+    """Load and validate one run directory (never raises on damaged files)."""
+    load = _RunLoad()
+    run_json = run_dir / "run.json"
+    if not run_json.is_file():
+        load.issues.append(
+            _issue(
+                run_dir,
+                None,
+                "skipped",
+                "missing_run_json",
+                "metrics.jsonl without run.json: method, arch and dataset are unknown",
+            )
+        )
+        return load
+    try:
+        info = json.loads(run_json.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        info = error
+    if not isinstance(info, dict):
+        load.issues.append(
+            _issue(run_dir, None, "skipped", "unreadable_run_json", f"run.json: {info}")
+        )
+        return load
+    missing = [key for key in ("method", "arch", "data") if _field(info, key) is None]
+    if missing:
+        detail = f"run.json lacks {', '.join(missing)}"
+        load.issues.append(_issue(run_dir, info, "skipped", "missing_fields", detail))
+        return load
+    status = info.get("status")
+    if status in ("failed", "diverged"):
+        detail = f"status {status}: {info.get('error') or 'no error message recorded'}"
+        load.issues.append(_issue(run_dir, info, "skipped", status, detail))
+        return load
+    if status not in STATUSES:
+        detail = f"unknown status {status!r}; expected one of: {', '.join(STATUSES)}"
+        load.issues.append(_issue(run_dir, info, "skipped", "unknown_status", detail))
+        return load
+    if status == "running":
+        detail = (
+            f"status running (last finished epoch {info.get('last_epoch')} of "
+            f"{info.get('epochs')}): "
+        )
+        if include_running:
+            load.issues.append(
+                _issue(run_dir, info, "included", "running", detail + "included as it stands")
+            )
+        else:
+            load.issues.append(
+                _issue(
+                    run_dir,
+                    info,
+                    "skipped",
+                    "running",
+                    detail + "skipped because include_running=false",
+                )
+            )
+            return load
+    metrics_path = run_dir / "metrics.jsonl"
+    records, problems = read_metrics(metrics_path) if metrics_path.is_file() else ([], [])
+    for reason, detail in problems:
+        load.issues.append(_issue(run_dir, info, "included", reason, detail))
+    without_epoch = [r for r in records if not isinstance(r.get("epoch"), int | float)]
+    if without_epoch:
+        detail = f"{len(without_epoch)} record(s) without a numeric 'epoch' dropped"
+        load.issues.append(_issue(run_dir, info, "included", "missing_epoch", detail))
+        records = [r for r in records if isinstance(r.get("epoch"), int | float)]
+    by_epoch: dict[int, dict] = {}
+    for record in records:
+        by_epoch[int(record["epoch"])] = record
+    if len(by_epoch) < len(records):
+        detail = f"{len(records) - len(by_epoch)} duplicate epoch record(s); kept the last of each"
+        load.issues.append(_issue(run_dir, info, "included", "duplicate_epoch", detail))
+    if not by_epoch:
+        detail = (
+            "metrics.jsonl is missing"
+            if not metrics_path.is_file()
+            else "metrics.jsonl holds no complete evaluation record"
+        )
+        load.issues.append(_issue(run_dir, info, "skipped", "no_evaluations", detail))
+        return load
+    load.info = info
+    load.records = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    return load
+
+
+def _order_record_keys(keys: Iterable[str]) -> list[str]:
+    """Position keys first, then ``train/``, ``lf/``, ``sup/`` and other keys, each sorted."""
+    keys = list(dict.fromkeys(keys))
+    prefixes = ("train/", "lf/", "sup/")
+
+    def rank(key: str) -> tuple:
+        if key in POSITION_KEYS:
+            return (0, POSITION_KEYS.index(key), key)
+        for i, prefix in enumerate(prefixes, start=1):
+            if key.startswith(prefix):
+                return (i, 0, key)
+        return (len(prefixes) + 1, 0, key)
+
+    return sorted(keys, key=rank)
+
+
+def collect_runs(
+    roots: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    include_running: bool = True,
+    progress: bool = True,
+) -> Collection:
+    r"""Collect every run directory below ``roots`` into one tidy table.
+
+    Damaged or unusable runs never raise: they are listed in ``Collection.issues`` (and logged
+    as warnings) with the reasons in this module's docstring.
+
+    Args:
+        roots: A directory or a list of directories to search (see :func:`find_run_dirs`).
+        include_running: Keep runs whose status is ``running`` (a live run, or one killed
+            before it could mark itself failed). Their correlations are still informative, so
+            they are kept by default and reported as ``included``.
+        progress: Show a tqdm bar while loading (only on a terminal).
+
+    Returns:
+        The :class:`Collection`.
+
+    Raises:
+        FileNotFoundError: If a root is missing, or no run directory is found below the roots.
+
+    Examples:
+        >>> import json, pathlib, tempfile
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> info = {"name": "r", "method": "simclr", "arch": "small_cnn", "data": "digits",
+        ...         "seed": 0, "status": "completed", "epochs": 1}
+        >>> _ = (root / "run.json").write_text(json.dumps(info))
+        >>> _ = (root / "metrics.jsonl").write_text(
+        ...     '{"epoch": 0, "lf/entropy": 1.0}\n{"epoch": 1, "lf/entropy": 2.0}\n')
+        >>> collect_runs(root, progress=False).runs[["method", "epoch", "lf/entropy"]]
+           method  epoch  lf/entropy
+        0  simclr      0         1.0
+        1  simclr      1         2.0
+    """
+    run_dirs = find_run_dirs(roots)
+    if not run_dirs:
+        shown = [str(r) for r in ([roots] if isinstance(roots, str | os.PathLike) else roots)]
+        raise FileNotFoundError(
+            f"No run directory (a folder holding run.json or metrics.jsonl) found below "
+            f"{', '.join(shown)}. Point runs= at the output of labelfree-train "
+            "(e.g. multirun/DATE/TIME or outputs/)."
+        )
+    log.info("Found %d run director%s", len(run_dirs), "y" if len(run_dirs) == 1 else "ies")
+    rows: list[dict] = []
+    issues: list[dict] = []
+    iterator = tqdm(run_dirs, desc="Loading runs", unit="run", disable=None if progress else True)
+    for run_dir in iterator:
+        load = _load_run(run_dir, include_running=include_running)
+        for issue in load.issues:
+            log.warning(
+                "%s: %s (%s): %s",
+                issue["run_dir"],
+                issue["action"],
+                issue["reason"],
+                issue["detail"],
+            )
+        issues.extend(load.issues)
+        if load.info is None:
+            continue
+        info = load.info
+        identity = {
+            "run_dir": str(run_dir),
+            "name": info.get("name") or run_dir.name,
+            "dataset": _field(info, "data"),
+            "arch": _field(info, "arch"),
+            "method": _field(info, "method"),
+            "seed": info.get("seed"),
+            "status": info.get("status"),
+            "experiment": info.get("experiment"),
+            "epochs": info.get("epochs"),
+        }
+        rows.extend({**identity, **record} for record in load.records)
+    record_keys = _order_record_keys(k for row in rows for k in row if k not in RUN_COLUMNS)
+    runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *record_keys])
+    if len(runs):
+        runs["epoch"] = runs["epoch"].astype(int)
+        for column in ("seed", "epochs"):
+            values = pd.to_numeric(runs[column], errors="coerce")
+            if ((values.dropna() % 1) == 0).all():
+                runs[column] = values.astype("Int64")  # missing stays empty, not 0.0/NaN
+    issues_frame = pd.DataFrame(issues, columns=list(ISSUE_COLUMNS))
+    collection = Collection(runs=runs, issues=issues_frame, n_found=len(run_dirs))
+    skipped = issues_frame.loc[issues_frame["action"] == "skipped", "run_dir"].nunique()
+    log.info(
+        "Loaded %d of %d runs (%d evaluations); %d skipped",
+        collection.n_loaded,
+        len(run_dirs),
+        len(runs),
+        skipped,
+    )
+    return collection

@@ -1,0 +1,293 @@
+"""``labelfree-analyze``: run directories in, correlation tables and figures out.
+
+    labelfree-analyze runs=multirun/2024-06-01/12-00-00 output=analysis/demo
+    labelfree-analyze runs=[outputs/a,outputs/b] output=analysis/ab table.cell=pooled_ci
+
+Configuration: ``conf/analyze.yaml`` (every key documented there). The pipeline is
+:func:`analyze` (callable from Python, e.g. by ``labelfree-reproduce``): collect runs
+(:mod:`labelfree.analysis.collect`), correlate (:mod:`labelfree.analysis.correlate`), write tables
+(:mod:`labelfree.analysis.report`) and figures (:mod:`labelfree.analysis.figures`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from labelfree.analysis.collect import Collection, collect_runs
+from labelfree.analysis.correlate import (
+    COEFFICIENTS,
+    VARIANTS,
+    cross_run_correlations,
+    metric_columns,
+    within_run_correlations,
+)
+from labelfree.analysis.figures import write_figures
+from labelfree.analysis.report import (
+    CELLS,
+    TableFile,
+    metric_label,
+    write_summary,
+    write_tables,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AnalysisResult:
+    """What :func:`analyze` produced.
+
+    Attributes:
+        output: The output folder.
+        collection: Loaded runs and their issues.
+        correlations: The long correlation table (also ``correlations.csv``).
+        main_tables: Paper-style tables of the main coefficient, variant ``all`` and the main
+            target, one per dataset x arch.
+        tables: Every table written.
+        figures: Every figure file written.
+        files: The CSV files and ``summary.md``.
+    """
+
+    output: Path
+    collection: Collection
+    correlations: pd.DataFrame
+    main_tables: list[TableFile] = field(default_factory=list)
+    tables: list[TableFile] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def _as_list(value: object) -> list:
+    if value is None:
+        return []
+    if isinstance(value, ListConfig | list | tuple):
+        return list(value)
+    return [value]
+
+
+def _check_choices(name: str, values: Sequence[str], valid: Sequence[str]) -> None:
+    bad = [v for v in values if v not in valid]
+    if bad or not values:
+        raise ValueError(
+            f"{name}={list(values)} is invalid ({', '.join(map(repr, bad)) or 'empty'}). "
+            f"Choose from: {', '.join(valid)}."
+        )
+
+
+def _check_config(cfg: DictConfig) -> None:
+    corr = cfg.correlation
+    _check_choices("correlation.coefficients", _as_list(corr.coefficients), COEFFICIENTS)
+    _check_choices("correlation.variants", _as_list(corr.variants), VARIANTS)
+    if corr.main_coefficient not in _as_list(corr.coefficients):
+        raise ValueError(
+            f"correlation.main_coefficient={corr.main_coefficient!r} is not among "
+            f"correlation.coefficients={list(corr.coefficients)}. Add it there or pick one of them."
+        )
+    if not _as_list(corr.targets):
+        raise ValueError(
+            "correlation.targets is empty. Give at least one, e.g. [sup/linear_probe_acc]."
+        )
+    if cfg.table.cell not in CELLS:
+        raise ValueError(
+            f"table.cell={cfg.table.cell!r} is invalid. Choose one of: {', '.join(CELLS)}."
+        )
+
+
+def _method_notes(cfg: DictConfig) -> list[str]:
+    corr, boot, out = cfg.correlation, cfg.bootstrap, cfg.outliers
+    return [
+        "Within-run correlations use the evaluation epochs of each run, grouped by "
+        "(dataset, arch, method); `per_seed` rows are single runs, `mean`/`std` summarise the "
+        "per-seed values, `pooled` uses all points of all seeds at once (its p-value treats "
+        "checkpoints as independent; read it as descriptive).",
+        f"Variants: `all`; `no_init` drops epoch 0 (the random initialisation); `late` keeps "
+        f"epochs >= {corr.late_fraction:g} x planned epochs.",
+        f"Bootstrap: {boot.n_resamples} percentile resamples, {boot.confidence:.0%} intervals, "
+        f"seed {boot.seed}. One run: evaluation points resampled; several seeds: runs resampled, "
+        "then points within each drawn run; cross-run: runs resampled. Checkpoints are "
+        "autocorrelated, so the intervals are optimistic.",
+        "Cross-run (`variant=final`): each "
+        + ("completed " if corr.cross_run_completed_only else "")
+        + "run's final evaluation, correlated across runs that differ in arch or method.",
+        f"Outliers ({metric_label(out.metric)} figure): points that break the run's monotone "
+        f"trend and whose residual from a robust local line through their {out.window} nearest "
+        f"core neighbours has a robust z-score above {out.z:g}, both deviations above "
+        f"{out.min_deviation:g} of the run's range; removed one at a time, worst first"
+        + (
+            f"; also epochs < {out.epoch_fraction:g} x planned epochs."
+            if out.epoch_fraction > 0
+            else "."
+        ),
+        "Runs marked `running` are "
+        + (
+            "included (listed in skipped_runs.csv as `included`)."
+            if cfg.include_running
+            else "skipped."
+        ),
+    ]
+
+
+def analyze(cfg: DictConfig) -> AnalysisResult:
+    """Run the whole analysis described by an ``analyze.yaml`` config.
+
+    Outputs are written as soon as they exist (``runs.csv`` and ``skipped_runs.csv`` first), so
+    a later failure loses nothing already computed.
+
+    Args:
+        cfg: The composed ``analyze`` config.
+
+    Returns:
+        The :class:`AnalysisResult`.
+
+    Raises:
+        FileNotFoundError: If a ``runs`` path is missing or holds no run directory.
+        ValueError: For an invalid setting, when every run was skipped, or when no metric column
+            is found.
+    """
+    _check_config(cfg)
+    if OmegaConf.is_missing(cfg, "runs") or not _as_list(cfg.runs):
+        raise ValueError(
+            "No runs given. Pass the training output to analyse: "
+            "labelfree-analyze runs=DIR output=OUT (or runs=[DIR1,DIR2])."
+        )
+    roots = [to_absolute_path(str(r)) for r in _as_list(cfg.runs)]
+    output = Path(to_absolute_path(str(cfg.output)))
+    collection = collect_runs(roots, include_running=cfg.include_running)
+    output.mkdir(parents=True, exist_ok=True)
+    result = AnalysisResult(output=output, collection=collection, correlations=pd.DataFrame())
+    runs_csv, skipped_csv = output / "runs.csv", output / "skipped_runs.csv"
+    collection.runs.to_csv(runs_csv, index=False)
+    collection.issues.to_csv(skipped_csv, index=False)
+    result.files += [runs_csv, skipped_csv]
+    if collection.runs.empty:
+        raise ValueError(
+            f"All {collection.n_found} run(s) found below {', '.join(roots)} were skipped; the "
+            f"reasons are in {skipped_csv}."
+        )
+    corr = cfg.correlation
+    runs = collection.runs
+    metrics = metric_columns(
+        runs,
+        None if corr.metrics is None else _as_list(corr.metrics),
+        _as_list(corr.extra_metrics),
+    )
+    if not metrics:
+        raise ValueError(
+            f"No lf/* metric column in the runs (columns: {', '.join(runs.columns)}). "
+            "Set correlation.metrics=[...] to the keys to correlate."
+        )
+    targets = [t for t in _as_list(corr.targets) if t in runs.columns]
+    if not targets:
+        raise ValueError(
+            f"None of the targets {list(corr.targets)} is in the runs (columns: "
+            f"{', '.join(runs.columns)}). Fix correlation.targets."
+        )
+    common = {
+        "metrics": metrics,
+        "targets": targets,
+        "coefficients": _as_list(corr.coefficients),
+        "n_resamples": cfg.bootstrap.n_resamples,
+        "confidence": cfg.bootstrap.confidence,
+        "seed": cfg.bootstrap.seed,
+    }
+    within = within_run_correlations(
+        runs, **common, variants=_as_list(corr.variants), late_fraction=corr.late_fraction
+    )
+    cross = cross_run_correlations(runs, **common, completed_only=corr.cross_run_completed_only)
+    result.correlations = pd.concat([within, cross], ignore_index=True) if len(cross) else within
+    correlations_csv = output / "correlations.csv"
+    result.correlations.to_csv(correlations_csv, index=False)
+    result.files.append(correlations_csv)
+    result.tables = write_tables(
+        result.correlations,
+        output / "tables",
+        targets=targets,
+        coefficient=corr.main_coefficient,
+        cell=cfg.table.cell,
+        digits=cfg.table.digits,
+        late_fraction=corr.late_fraction,
+        confidence=cfg.bootstrap.confidence,
+    )
+    main_variant = "all" if "all" in _as_list(corr.variants) else _as_list(corr.variants)[0]
+    result.main_tables = [
+        t
+        for t in result.tables
+        if t.variant == main_variant and t.target == targets[0] and t.arch != "all"
+    ]
+    if cfg.figures.enabled:
+        result.figures = write_figures(
+            runs,
+            output / "figures",
+            metrics=metrics,
+            target=targets[0],
+            correlations=result.correlations,
+            coefficient=corr.main_coefficient,
+            outlier_metric=cfg.outliers.metric,
+            outlier_z=cfg.outliers.z,
+            outlier_min_deviation=cfg.outliers.min_deviation,
+            outlier_window=cfg.outliers.window,
+            outlier_epoch_fraction=cfg.outliers.epoch_fraction,
+            completed_only=corr.cross_run_completed_only,
+            formats=_as_list(cfg.figures.formats),
+            dpi=cfg.figures.dpi,
+        )
+    summary = write_summary(
+        output / "summary.md",
+        roots=roots,
+        n_found=collection.n_found,
+        n_loaded=collection.n_loaded,
+        n_evaluations=len(runs),
+        issues=collection.issues,
+        main_tables=result.main_tables,
+        tables=result.tables,
+        figures=result.figures,
+        files=list(result.files),
+        method_notes=_method_notes(cfg),
+    )
+    result.files.append(summary)
+    log.info("Analysis written to %s (summary: %s)", output, summary)
+    return result
+
+
+def _print_summary(result: AnalysisResult) -> None:
+    """CLI summary: the main table(s) and where everything went."""
+    collection = result.collection
+    skipped = collection.issues[collection.issues["action"] == "skipped"]["run_dir"].nunique()
+    print(
+        f"Loaded {collection.n_loaded} of {collection.n_found} runs "
+        f"({len(collection.runs)} evaluations); {skipped} skipped, "
+        f"{len(collection.issues)} issue(s) listed in {result.output / 'skipped_runs.csv'}"
+    )
+    for table in result.main_tables:
+        print(f"\n## {table.dataset} / {table.arch}\n\n{table.markdown}")
+    print(
+        f"\nOutputs in {result.output}: summary.md, runs.csv, correlations.csv, "
+        f"{len(result.tables)} tables in tables/ (Markdown + LaTeX), "
+        f"{len(result.figures)} figure files in figures/"
+    )
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``labelfree-analyze`` (see the module docstring)."""
+    log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
+    try:
+        result = analyze(cfg)
+    except (FileNotFoundError, ValueError) as error:
+        log.error("%s", error)
+        print(f"labelfree-analyze: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    _print_summary(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+import doctest
+
+import pytest
+
+from labelfree.analysis import collect, correlate, figures, report
+
+
+@pytest.mark.parametrize("module", [collect, correlate, figures, report], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
