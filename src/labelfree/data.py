@@ -1,0 +1,446 @@
+"""Datasets for SSL training and evaluation, held in memory as uint8 image tensors.
+
+Every dataset yields two labelled splits of images at ``image_size``: ``train`` (the SSL training
+set; its labels are used only by the linear probe and kNN references, never by the SSL loss) and
+``test`` (the evaluation split that the label-free metrics are computed on). Views for the SSL loss
+are made from the uint8 tensors by :mod:`labelfree.augment` (batched, on the training device) or by
+lightly's per-image transforms (the reference recipe); both take parameters from ``data.augment``.
+
+Registry: ``DATASETS[name]`` is a loader ``(**kwargs) -> (train, test, classes)``; the keys of
+``conf/data/<name>.yaml`` other than :data:`CONFIG_ONLY_KEYS` are its keyword arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tarfile
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+# Keys of a data config that describe the dataset to other groups rather than feed its loader.
+CONFIG_ONLY_KEYS = ("name", "channels", "num_classes", "normalize", "augment")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Labelled images of one split.
+
+    Attributes:
+        images: (N, C, H, W) uint8 tensor.
+        labels: (N,) int64 tensor of class indices.
+    """
+
+    images: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train split (labels hidden from the SSL loss) and test split of one dataset."""
+
+    name: str
+    train: Split
+    test: Split
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        """Image channels (1 grey, 3 colour)."""
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Image side length in pixels."""
+        return int(self.train.images.shape[-1])
+
+
+def _resize(images: Tensor, size: int) -> Tensor:
+    """Resize a uint8 (N, C, H, W) batch to size x size with antialiased bilinear interpolation."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def balanced_subset(labels: np.ndarray, per_class: int | None, *, seed: int) -> np.ndarray:
+    """Indices of a class-balanced random subset with ``per_class`` samples of every class.
+
+    Args:
+        labels: (N,) class indices.
+        per_class: samples per class, or None for all samples (returned in their original order).
+        seed: seed of the draw, so every run of a sweep sees the same subset.
+
+    Raises:
+        ValueError: when a class has fewer than ``per_class`` samples.
+    """
+    if per_class is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ValueError(
+                f"Class {c} has only {len(members)} samples but {per_class} per class were "
+                f"requested: "
+                f"lower data.train_per_class / data.test_per_class to at most {len(members)}."
+            )
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _split(images: Tensor, labels: np.ndarray, per_class: int | None, seed: int) -> Split:
+    idx = balanced_subset(labels, per_class, seed=seed)
+    return Split(images[torch.from_numpy(idx)], torch.as_tensor(labels[idx], dtype=torch.int64))
+
+
+def load_digits(
+    *,
+    image_size: int = 16,
+    test_fraction: float = 0.25,
+    split_seed: int = 0,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+) -> tuple[Split, Split, list[str]]:
+    """scikit-learn's bundled handwritten digits (1,797 8x8 grey images, 10 classes), upsampled.
+
+    Shipped with scikit-learn, so it works offline anywhere: the embedded default dataset.
+    A stratified split with ``split_seed`` holds out ``test_fraction`` of the images.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    pixels = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8)[:, None]
+    images = _resize(pixels, image_size)
+    labels = bunch.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, stratify=labels, random_state=split_seed
+    )
+    train = _split(images[train_idx], labels[train_idx], train_per_class, split_seed)
+    test = _split(images[test_idx], labels[test_idx], test_per_class, split_seed + 1)
+    return train, test, [str(d) for d in range(10)]
+
+
+def _load_torchvision_cifar(
+    dataset_cls: Callable,
+    *,
+    root: str,
+    download: bool,
+    image_size: int,
+    split_seed: int,
+    train_per_class: int | None,
+    test_per_class: int | None,
+) -> tuple[Split, Split, list[str]]:
+    splits = []
+    for train, per_class, seed in (
+        (True, train_per_class, split_seed),
+        (False, test_per_class, split_seed + 1),
+    ):
+        try:
+            ds = dataset_cls(root=str(Path(root).expanduser()), train=train, download=download)
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
+            raise FileNotFoundError(
+                f"{dataset_cls.__name__} not found under data.root={root} ({err}). "
+                f"Set data.download=true to download it there, or data.root=<folder that holds it>."
+            ) from None
+        images = _resize(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), image_size)
+        splits.append(_split(images, np.asarray(ds.targets, dtype=np.int64), per_class, seed))
+    return splits[0], splits[1], list(ds.classes)
+
+
+def load_cifar10(
+    *,
+    root: str = "data",
+    download: bool = False,
+    image_size: int = 32,
+    split_seed: int = 0,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+) -> tuple[Split, Split, list[str]]:
+    """CIFAR-10 through torchvision (50,000 train / 10,000 test 32x32 colour images, 10 classes)."""
+    from torchvision.datasets import CIFAR10
+
+    return _load_torchvision_cifar(
+        CIFAR10,
+        root=root,
+        download=download,
+        image_size=image_size,
+        split_seed=split_seed,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+    )
+
+
+def load_cifar100(
+    *,
+    root: str = "data",
+    download: bool = False,
+    image_size: int = 32,
+    split_seed: int = 0,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+) -> tuple[Split, Split, list[str]]:
+    """CIFAR-100 through torchvision (50,000 train / 10,000 test 32x32 images, 100 classes)."""
+    from torchvision.datasets import CIFAR100
+
+    return _load_torchvision_cifar(
+        CIFAR100,
+        root=root,
+        download=download,
+        image_size=image_size,
+        split_seed=split_seed,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+    )
+
+
+def extract_archive(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a .tar/.tar.gz archive into ``dest`` once (a marker file records completion).
+
+    Returns the folder that holds ``train/`` and ``test/``: ``dest`` itself or its single top
+    folder.
+    """
+    archive, dest = Path(archive).expanduser(), Path(dest).expanduser()
+    marker = dest / ".extracted"
+    if not marker.exists():
+        if not archive.is_file():
+            raise FileNotFoundError(
+                f"data.archive={archive} does not exist: point data.archive at the .tar.gz "
+                f"(e.g. ../shared/data/cifar10-jpeg.tar.gz) or data.root at an extracted folder."
+            )
+        log.info("Extracting %s into %s", archive, dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+        marker.touch()
+    if (dest / "train").is_dir():
+        return dest
+    subdirs = [p for p in dest.iterdir() if p.is_dir() and (p / "train").is_dir()]
+    return subdirs[0] if len(subdirs) == 1 else dest
+
+
+def _decode(path: str, mode: str, size: int) -> np.ndarray:
+    with Image.open(path) as img:
+        img = img.convert(mode)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def load_imagefolder(
+    *,
+    root: str,
+    archive: str | None = None,
+    image_size: int = 32,
+    grayscale: bool = False,
+    split_seed: int = 0,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    decode_threads: int = 4,
+) -> tuple[Split, Split, list[str]]:
+    """Any folder laid out as ``root/train/<class>/*`` and ``root/test/<class>/*``.
+
+    Images are decoded once (class-balanced subsets are drawn before decoding), resized to
+    ``image_size`` x ``image_size`` and held in memory: sized for CIFAR/STL-scale folders.
+    With ``archive`` set and ``root`` not yet extracted, the archive is extracted into ``root``.
+    """
+    from torchvision.datasets import ImageFolder
+
+    folder = Path(root).expanduser()
+    if archive is not None:
+        folder = extract_archive(archive, folder)
+    missing = [s for s in ("train", "test") if not (folder / s).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"data.root={root} has no {'/ and '.join(missing)}/ folder: imagefolder expects "
+            f"<root>/train/<class>/ and <root>/test/<class>/; fix data.root or set "
+            f"data.archive=<.tar.gz>."
+        )
+    mode = "L" if grayscale else "RGB"
+    splits, classes = [], None
+    for name, per_class, seed in (
+        ("train", train_per_class, split_seed),
+        ("test", test_per_class, split_seed + 1),
+    ):
+        folder_ds = ImageFolder(str(folder / name))
+        if classes is not None and folder_ds.classes != classes:
+            raise ValueError(
+                f"train/ and test/ under data.root={root} have different class folders."
+            )
+        classes = folder_ds.classes
+        labels = np.asarray(folder_ds.targets, dtype=np.int64)
+        idx = balanced_subset(labels, per_class, seed=seed)
+        paths = [folder_ds.samples[i][0] for i in idx]
+        with ThreadPoolExecutor(decode_threads) as pool:  # PIL releases the GIL while decoding
+            arrays = list(pool.map(lambda p: _decode(p, mode, image_size), paths))
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        splits.append(Split(images, torch.from_numpy(labels[idx])))
+    return splits[0], splits[1], classes
+
+
+DATASETS: dict[str, Callable[..., tuple[Split, Split, list[str]]]] = {
+    "digits": load_digits,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "imagefolder": load_imagefolder,
+}
+
+
+def build_dataset(cfg: Mapping) -> Dataset:
+    """Load the dataset described by a ``conf/data/*.yaml`` node and check it against the config.
+
+    Raises:
+        ValueError: unknown dataset name, or loaded data that contradicts
+        ``channels``/``num_classes``.
+        FileNotFoundError: missing files, with the config key to fix.
+    """
+    name = cfg["name"]
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset '{name}'. Choose one of: {', '.join(sorted(DATASETS))}.")
+    kwargs = {k: v for k, v in cfg.items() if k not in CONFIG_ONLY_KEYS}
+    train, test, classes = DATASETS[name](**kwargs)
+    dataset = Dataset(name, train, test, list(classes))
+    if dataset.channels != cfg["channels"]:
+        raise ValueError(
+            f"data.channels={cfg['channels']} but {name} images have {dataset.channels} "
+            f"channel(s): "
+            f"set data.channels={dataset.channels}."
+        )
+    if dataset.num_classes != cfg["num_classes"]:
+        raise ValueError(
+            f"data.num_classes={cfg['num_classes']} but {name} has {dataset.num_classes} classes: "
+            f"set data.num_classes={dataset.num_classes}."
+        )
+    log.info(
+        "Dataset %s: %d train / %d test images, %d classes, %dx%dx%d",
+        name,
+        len(train),
+        len(test),
+        dataset.num_classes,
+        dataset.channels,
+        dataset.image_size,
+        dataset.image_size,
+    )
+    return dataset
+
+
+def to_float(images: Tensor, normalize: Mapping | None) -> Tensor:
+    """uint8 (N, C, H, W) -> float32 in [0, 1], then normalized per channel (no augmentation)."""
+    x = images.float().div_(255.0)
+    if normalize:
+        mean = torch.as_tensor(list(normalize["mean"]), device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(list(normalize["std"]), device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+    return x
+
+
+class PILViews(torch.utils.data.Dataset):
+    """Per-image views with lightly's PIL transforms: the usual DataLoader-worker recipe."""
+
+    def __init__(self, images: Tensor, transforms: list[Callable]):
+        self.images, self.transforms = images, transforms
+        self.mode = "L" if images.shape[1] == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> list[Tensor]:
+        array = self.images[i].permute(1, 2, 0).numpy()
+        img = Image.fromarray(array[:, :, 0] if self.mode == "L" else array)
+        return [t(img) for t in self.transforms]
+
+
+class ViewLoader:
+    """Batches of augmented views for the SSL loss, one epoch at a time.
+
+    ``backend="batched"`` keeps the uint8 images on the training device and augments whole batches
+    there with per-sample random parameters (:class:`labelfree.augment.ViewAugmentation`).
+    ``backend="lightly"`` is the usual recipe: lightly's per-image PIL transforms in DataLoader
+    workers.
+    Both draw everything (batch order, augmentation parameters, worker seeds) from the epoch's
+    generator, so an epoch replays exactly from its seed. The last incomplete batch is dropped.
+
+    Args:
+        images: (N, C, H, W) uint8 training images.
+        augment: ``data.augment``: lightly transform parameters shared by all views.
+        per_view: ``method.views``: one dict of overrides per view (e.g. BYOL's asymmetric
+        solarization).
+        batch_size: images per step.
+        backend: ``batched`` or ``lightly``.
+        device: training device.
+        num_workers: DataLoader workers for the ``lightly`` backend.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        augment: Mapping,
+        per_view: list[Mapping],
+        *,
+        batch_size: int,
+        backend: str = "batched",
+        device: torch.device | str = "cpu",
+        num_workers: int = 0,
+    ):
+        from labelfree.augment import build_views, lightly_view_transform
+
+        self.batch_size, self.backend, self.device = batch_size, backend, torch.device(device)
+        self.num_workers = num_workers
+        if backend == "batched":
+            self.images = images.to(self.device)
+            self.views = build_views(augment, per_view)
+        elif backend == "lightly":
+            self.images = images
+            self.dataset = PILViews(
+                images, [lightly_view_transform(**{**augment, **v}) for v in per_view]
+            )
+        else:
+            raise ValueError(f"trainer.augmentation={backend} is not one of: batched, lightly.")
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def epoch(self, generator: torch.Generator):
+        """Yield ``len(self)`` lists of views, each a (batch_size, C, S, S) float tensor."""
+        order = torch.randperm(len(self.images), generator=generator)[: len(self) * self.batch_size]
+        if self.backend == "batched":
+            for idx in order.view(len(self), self.batch_size):
+                batch = self.images[idx.to(self.device, non_blocking=True)]
+                yield [view(batch, generator=generator) for view in self.views]
+            return
+        if self.num_workers == 0:  # transforms draw from the global RNGs of this process: seed them
+            seed = int(torch.randint(2**31, (1,), generator=generator))
+            random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)  # noqa: NPY002
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=order.tolist(),
+            drop_last=True,
+            num_workers=self.num_workers,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for views in loader:
+            yield [v.to(self.device, non_blocking=True) for v in views]

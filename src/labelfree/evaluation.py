@@ -1,0 +1,268 @@
+"""Scheduled evaluation: which epochs, how to embed a split, and the record written per evaluation.
+
+At each scheduled epoch the backbone (eval mode, no augmentation) embeds the labelled test split
+(and the labelled train split for the probe and kNN references), and
+:func:`labelfree.metrics.compute_metrics`
+turns the embeddings into the DESIGN.md record keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from labelfree.data import Dataset, Split, balanced_subset, to_float
+from labelfree.metrics import compute_metrics
+
+log = logging.getLogger(__name__)
+
+# Headline keys of the one-line summary logged per evaluation.
+SUMMARY_KEYS = (
+    "train/loss",
+    "lf/silhouette",
+    "lf/kmeans_agreement",
+    "lf/entropy",
+    "lf/rankme",
+    "sup/kmeans_gt_ami",
+    "sup/linear_probe_acc",
+    "sup/knn_acc",
+)
+
+
+def eval_epochs(schedule: str | Sequence[int], epochs: int) -> list[int]:
+    """Epochs at which to evaluate; epoch 0 (the random initialisation) and the last epoch always.
+
+    Args:
+        schedule: ``"every:N"`` (every N epochs), ``"log:N"`` (about N epochs spaced evenly in
+            log(1 + epoch): dense early, where the paper saw the metrics behave differently), or an
+            explicit list of epochs.
+        epochs: total training epochs.
+
+    Raises:
+        ValueError: malformed schedule or epochs outside [0, epochs].
+
+    Examples:
+        >>> eval_epochs("every:5", 12)
+        [0, 5, 10, 12]
+        >>> eval_epochs("log:6", 100)
+        [0, 1, 3, 9, 30, 100]
+        >>> eval_epochs([2, 4], 10)
+        [0, 2, 4, 10]
+    """
+    if isinstance(schedule, str):
+        kind, _, arg = schedule.partition(":")
+        if kind not in ("every", "log") or not arg.isdigit() or int(arg) < 1:
+            raise ValueError(
+                f"eval.schedule={schedule!r} is not understood: use 'every:N', 'log:N' (N >= 1) "
+                f"or a list of epochs such as [1,2,5,10]."
+            )
+        n = int(arg)
+        if kind == "every":
+            chosen = set(range(0, epochs + 1, n))
+        else:
+            points = np.expm1(np.linspace(0.0, math.log1p(epochs), n))
+            chosen = {int(round(p)) for p in points}
+    else:
+        chosen = {int(e) for e in schedule}
+        bad = sorted(e for e in chosen if not 0 <= e <= epochs)
+        if bad:
+            raise ValueError(
+                f"eval.schedule has epochs {bad} outside 0..trainer.epochs={epochs}: remove them."
+            )
+    return sorted(chosen | {0, epochs})
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def embed(
+    model: torch.nn.Module,
+    images: Tensor,
+    *,
+    normalize: Mapping | None,
+    batch_size: int = 1024,
+    where: str = "backbone",
+    precision: str = "fp32",
+    desc: str = "embed",
+) -> Tensor:
+    """Features of uint8 images (N, C, H, W) in eval mode, without augmentation.
+
+    Returns a float32 (N, D) tensor on the model's device; the model's train/eval mode is restored.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in tqdm(
+        range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) <= batch_size
+    ):
+        x = to_float(images[start : start + batch_size].to(device, non_blocking=True), normalize)
+        with _autocast(device, precision):
+            chunks.append(model.features(x, where=where).float())
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+class Evaluator:
+    """Embeds the evaluation splits and computes the metrics suite for one checkpoint.
+
+    Args:
+        dataset: the loaded dataset; metrics are computed on ``dataset.test``.
+        metrics_cfg: the ``metrics`` config node.
+        normalize: per-channel mean/std applied to images before the backbone.
+        device: where embeddings and metrics are computed.
+        embedding: ``backbone`` (default, DESIGN.md) or ``projector``.
+        batch_size: images per forward pass.
+        train_per_class: labelled train images per class used by probe/kNN (None: all).
+        precision: ``bf16`` or ``fp32`` forward passes.
+        seed: base seed; the metrics of epoch e use ``seed + e`` so every evaluation is
+        reproducible.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        metrics_cfg: Mapping,
+        *,
+        normalize: Mapping | None,
+        device: torch.device,
+        embedding: str = "backbone",
+        batch_size: int = 1024,
+        train_per_class: int | None = None,
+        precision: str = "fp32",
+        seed: int = 0,
+    ):
+        self.metrics_cfg, self.normalize = metrics_cfg, normalize
+        self.embedding, self.batch_size, self.precision, self.seed = (
+            embedding,
+            batch_size,
+            precision,
+            seed,
+        )
+        idx = balanced_subset(dataset.train.labels.numpy(), train_per_class, seed=seed)
+        probe_train = Split(dataset.train.images[idx], dataset.train.labels[idx])
+        self.splits = {
+            name: Split(split.images.to(device), split.labels.to(device))
+            for name, split in (("test", dataset.test), ("train", probe_train))
+        }
+
+    def embeddings(self, model: torch.nn.Module) -> dict[str, Tensor]:
+        """Embeddings and labels of both splits, on the evaluation device."""
+        out = {}
+        for name, split in self.splits.items():
+            z = embed(
+                model,
+                split.images,
+                normalize=self.normalize,
+                batch_size=self.batch_size,
+                where=self.embedding,
+                precision=self.precision,
+                desc=f"embed {name}",
+            )
+            out[name] = z
+        return out
+
+    def __call__(self, model: torch.nn.Module, *, epoch: int) -> dict[str, float]:
+        """Metric values for the model's current weights (keys as in DESIGN.md)."""
+        z = self.embeddings(model)
+        return compute_metrics(
+            z["test"],
+            config=self.metrics_cfg,
+            labels=self.splits["test"].labels,
+            train_embeddings=z["train"],
+            train_labels=self.splits["train"].labels,
+            seed=self.seed + epoch,
+        )
+
+
+def summary_line(record: Mapping) -> str:
+    """One line with the headline values of a record, for the log."""
+    parts = [f"epoch {record['epoch']}"]
+    for key in SUMMARY_KEYS:
+        value = record.get(key)
+        if value is not None:
+            parts.append(f"{key.split('/')[-1]}={value:.4g}")
+    parts.append(f"eval {record.get('eval_s', 0):.1f}s")
+    return " | ".join(parts)
+
+
+def timed_record(
+    evaluator: Evaluator,
+    model: torch.nn.Module,
+    *,
+    epoch: int,
+    step: int,
+    wall_s: float,
+    loss: float | None,
+) -> dict:
+    """The full record of one evaluation: position, timing, training loss and metrics."""
+    start = time.perf_counter()
+    metrics = evaluator(model, epoch=epoch)
+    eval_s = time.perf_counter() - start
+    return {
+        "epoch": epoch,
+        "step": step,
+        "wall_s": round(wall_s + eval_s, 3),
+        "eval_s": round(eval_s, 3),
+        "train/loss": loss,
+        **metrics,
+    }
+
+
+def embed_checkpoint(path: str | Path, device: str | torch.device | None = None) -> dict:
+    """Rebuild a run from its checkpoint and embed its evaluation splits (for ``labelfree-eval``).
+
+    Returns:
+        dict with ``embeddings``/``labels`` (test split), ``train_embeddings``/``train_labels``,
+        ``metrics_config`` (the run's metrics node), ``seed`` and ``epoch``.
+    """
+    from labelfree.checkpoint import load_checkpoint
+    from labelfree.train import build_model, resolve_device
+
+    device = resolve_device(device or "auto")
+    state = load_checkpoint(path, map_location="cpu")
+    cfg = OmegaConf.create(state["config"])
+    dataset, model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    evaluator = Evaluator(
+        dataset,
+        cfg.metrics,
+        normalize=cfg.data.normalize,
+        device=device,
+        embedding=cfg.eval.embedding,
+        batch_size=cfg.eval.batch_size,
+        train_per_class=cfg.eval.train_per_class,
+        seed=cfg.seed,
+    )
+    z = evaluator.embeddings(model)
+    return {
+        "embeddings": z["test"],
+        "labels": evaluator.splits["test"].labels,
+        "train_embeddings": z["train"],
+        "train_labels": evaluator.splits["train"].labels,
+        "metrics_config": cfg.metrics,
+        "seed": int(cfg.seed) + int(state["epoch"]),
+        "epoch": int(state["epoch"]),
+    }
+
+
+def as_container(cfg: DictConfig | ListConfig | Mapping | None):
+    """Plain Python containers from a config node (for kwargs and JSON)."""
+    if isinstance(cfg, DictConfig | ListConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg

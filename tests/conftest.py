@@ -1,0 +1,59 @@
+"""Shared fixtures: the real Hydra configs composed with overrides, tiny training settings, "
+"real data."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, open_dict
+
+CIFAR_ARCHIVE = Path(
+    os.environ.get(
+        "LABELFREE_CIFAR10_ARCHIVE", Path(__file__).parents[2] / "shared/data/cifar10-jpeg.tar.gz"
+    )
+)
+
+
+@pytest.fixture(scope="session")
+def compose_train():
+    """Compose conf/train.yaml with override strings, exactly as `labelfree-train` would."""
+
+    def _compose(*overrides: str, run_dir: Path | None = None) -> DictConfig:
+        with initialize_config_module("labelfree.conf", version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides))
+        if run_dir is not None:
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(run_dir)
+        return cfg
+
+    return _compose
+
+
+@pytest.fixture(scope="session")
+def tiny() -> list[str]:
+    """Overrides for a small, fast run: two short epochs on digits, evaluated after each."""
+    return [
+        "trainer.epochs=2",
+        "trainer.batch_size=128",
+        "trainer.warmup_epochs=1",
+        "eval.schedule=every:1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    """The real CIFAR-10 JPEG archive extracted once (ImageFolder layout), or skip naming the "
+    "path tried."""
+    if not CIFAR_ARCHIVE.is_file():
+        pytest.skip(
+            f"CIFAR-10 archive not found at {CIFAR_ARCHIVE} (set LABELFREE_CIFAR10_ARCHIVE)"
+        )
+    dest = tmp_path_factory.mktemp("cifar10-jpeg")
+    with tarfile.open(CIFAR_ARCHIVE) as tar:
+        tar.extractall(dest, filter="data")
+    roots = [p.parent for p in dest.rglob("train") if p.is_dir()]
+    return roots[0]
