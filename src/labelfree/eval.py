@@ -1,0 +1,248 @@
+"""``labelfree-eval``: the metrics suite on saved embeddings or a training checkpoint.
+
+Usage (Hydra overrides; config in ``conf/eval.yaml``)::
+
+    labelfree-eval embeddings=Z.npy labels=y.npy output=metrics.json
+    labelfree-eval embeddings=split.npz metrics=full
+    labelfree-eval checkpoint=RUN_DIR/checkpoints/last.pt
+
+An ``.npz`` file holds ``embeddings`` (N, D) and optionally ``labels`` (N,),
+``train_embeddings`` (M, D) and ``train_labels`` (M,); separate ``labels=``,
+``train_embeddings=`` and ``train_labels=`` ``.npy`` files override its arrays. Without labels
+only the label-free (``lf/``) keys are computed. The result is printed as a table and written as
+JSON ``{record key: value}`` (DESIGN.md keys plus ``eval_s``; NaN is written as ``null``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from labelfree.metrics import compute_metrics
+
+log = logging.getLogger(__name__)
+
+NPZ_ARRAYS = ("embeddings", "labels", "train_embeddings", "train_labels")
+
+
+def _load_npy(path: str, what: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file not found: {p.resolve()}")
+    if p.suffix != ".npy":
+        raise ValueError(f"{what}={path!r} must be a .npy file.")
+    return np.load(p, allow_pickle=False)
+
+
+def load_arrays(
+    embeddings: str,
+    *,
+    labels: str | None = None,
+    train_embeddings: str | None = None,
+    train_labels: str | None = None,
+) -> dict[str, np.ndarray | None]:
+    """Read the evaluation arrays from ``.npy`` / ``.npz`` files.
+
+    Args:
+        embeddings: ``.npy`` file with an ``(N, D)`` array, or ``.npz`` with arrays named
+            ``embeddings`` (required), ``labels``, ``train_embeddings``, ``train_labels``.
+        labels: Optional ``.npy`` with ``(N,)`` labels (overrides the ``.npz`` array).
+        train_embeddings: Optional ``.npy`` with ``(M, D)`` train embeddings.
+        train_labels: Optional ``.npy`` with ``(M,)`` train labels.
+
+    Returns:
+        ``{"embeddings", "labels", "train_embeddings", "train_labels"}`` (missing ones ``None``).
+
+    Raises:
+        FileNotFoundError: if a file does not exist.
+        ValueError: for an unsupported suffix or an ``.npz`` without ``embeddings``.
+    """
+    p = Path(embeddings)
+    if not p.is_file():
+        raise FileNotFoundError(f"embeddings file not found: {p.resolve()}")
+    arrays: dict[str, np.ndarray | None] = dict.fromkeys(NPZ_ARRAYS)
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as npz:
+            if "embeddings" not in npz.files:
+                raise ValueError(
+                    f"{p} holds arrays {sorted(npz.files)} but no 'embeddings': save it with "
+                    "np.savez(path, embeddings=Z, labels=y, train_embeddings=..., "
+                    "train_labels=...)."
+                )
+            for name in NPZ_ARRAYS:
+                if name in npz.files:
+                    arrays[name] = npz[name]
+    elif p.suffix == ".npy":
+        arrays["embeddings"] = np.load(p, allow_pickle=False)
+    else:
+        raise ValueError(f"embeddings={embeddings!r} must be a .npy or .npz file.")
+    for name, path in (
+        ("labels", labels),
+        ("train_embeddings", train_embeddings),
+        ("train_labels", train_labels),
+    ):
+        if path is not None:
+            if arrays[name] is not None:
+                log.info("%s from %s replaces the array in %s", name, path, p)
+            arrays[name] = _load_npy(path, name)
+    return arrays
+
+
+def format_table(results: dict[str, float]) -> str:
+    """The results as an aligned two-column text table.
+
+    Examples:
+        >>> print(format_table({"lf/silhouette": 0.25, "sup/knn_acc": float("nan")}))
+        metric         value
+        -------------  ------
+        lf/silhouette  0.2500
+        sup/knn_acc    nan
+    """
+    width = max([len("metric"), *map(len, results)])
+    rows = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    for key, value in results.items():
+        text = "nan" if math.isnan(value) else f"{value:.4f}"
+        rows.append(f"{key:<{width}}  {text}")
+    return "\n".join(rows)
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device={name!r} is not a torch device (cpu, cuda, cuda:1 ...).") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here: use device=cpu.")
+    return device
+
+
+def _overridden(prefix: str) -> bool:
+    """Whether the command line overrides ``prefix`` (e.g. ``metrics=full``, ``metrics.x=1``)."""
+    try:
+        task = HydraConfig.get().overrides.task
+    except ValueError:  # not running under Hydra
+        return False
+    for override in task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == prefix or key.startswith((f"{prefix}.", f"{prefix}@")):
+            return True
+    return False
+
+
+def _from_checkpoint(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Any], Any, int]:
+    try:
+        from labelfree.evaluation import embed_checkpoint
+    except ImportError as err:
+        raise ValueError(
+            "checkpoint= needs labelfree.evaluation.embed_checkpoint, which this installation "
+            f"lacks ({err}); embed the split yourself and pass embeddings=Z.npy."
+        ) from err
+    path = Path(cfg.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path.resolve()}")
+    data = embed_checkpoint(str(path), device=device)
+    metrics_cfg = data.get("metrics_config")
+    if metrics_cfg is None or _overridden("metrics"):
+        metrics_cfg = cfg.metrics
+        log.info("metrics config: from the command line (%s)", cfg.metrics.name)
+    else:
+        log.info("metrics config: the run's own (override metrics=... to change it)")
+    seed = int(cfg.seed) if _overridden("seed") or "seed" not in data else int(data["seed"])
+    arrays = {name: data.get(name) for name in NPZ_ARRAYS}
+    return arrays, metrics_cfg, seed
+
+
+def _to_device(a: Any, device: torch.device) -> Any:
+    if a is None:
+        return None
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(np.ascontiguousarray(a))
+    return a.to(device) if isinstance(a, torch.Tensor) else a
+
+
+def run_eval(cfg: DictConfig) -> dict[str, float]:
+    """Compute the suite as configured by ``conf/eval.yaml``; write the JSON; return results.
+
+    Raises:
+        ValueError: for an invalid combination of options or metrics config.
+        FileNotFoundError: for missing input files.
+    """
+    if (cfg.embeddings is None) == (cfg.checkpoint is None):
+        raise ValueError(
+            "Pass exactly one of embeddings=Z.npy (or .npz) and "
+            "checkpoint=RUN_DIR/checkpoints/last.pt "
+            f"(got embeddings={cfg.embeddings!r}, checkpoint={cfg.checkpoint!r})."
+        )
+    device = _device(cfg.device)
+    if cfg.checkpoint is not None:
+        arrays, metrics_cfg, seed = _from_checkpoint(cfg, device)
+        source = str(cfg.checkpoint)
+    else:
+        arrays = load_arrays(
+            cfg.embeddings,
+            labels=cfg.labels,
+            train_embeddings=cfg.train_embeddings,
+            train_labels=cfg.train_labels,
+        )
+        metrics_cfg, seed, source = cfg.metrics, int(cfg.seed), str(cfg.embeddings)
+    z = arrays["embeddings"]
+    log.info(
+        "evaluating %s: %s embeddings on %s, labels: %s, train split: %s",
+        source,
+        "x".join(map(str, z.shape)),
+        device,
+        "yes" if arrays["labels"] is not None else "no",
+        "no" if arrays["train_embeddings"] is None else len(arrays["train_embeddings"]),
+    )
+    start = time.perf_counter()
+    results = compute_metrics(
+        _to_device(z, device),
+        config=metrics_cfg,
+        labels=_to_device(arrays["labels"], device),
+        train_embeddings=_to_device(arrays["train_embeddings"], device),
+        train_labels=_to_device(arrays["train_labels"], device),
+        seed=seed,
+    )
+    results["eval_s"] = time.perf_counter() - start
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {k: (None if math.isnan(v) else v) for k, v in results.items()}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(out)
+    name = OmegaConf.select(metrics_cfg, "name") if isinstance(metrics_cfg, DictConfig) else None
+    print(f"labelfree-eval: {source} (metrics={name or metrics_cfg.get('name')}, seed={seed})")
+    print(format_table(results))
+    log.info("wrote %s", out.resolve())
+    return results
+
+
+@hydra.main(config_path="conf", config_name="eval", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    try:
+        run_eval(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"labelfree-eval: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def main() -> None:
+    """Console-script entry point (``labelfree-eval``)."""
+    _app()
+
+
+if __name__ == "__main__":
+    main()

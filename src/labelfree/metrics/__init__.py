@@ -1,0 +1,80 @@
+"""Label-free and label-based metrics of embeddings: pure, seeded, CPU or CUDA.
+
+The suite entry point is :func:`compute_metrics` (used by training and ``labelfree-eval``),
+validated up front by :func:`check_metrics_config`. The individual metrics are plain functions
+of arrays (numpy or torch tensors; a CUDA tensor is processed on its GPU):
+
+* clustering: :func:`kmeans`, :func:`silhouette`, :func:`silhouette_samples`,
+  :func:`adjusted_mutual_info`, :func:`adjusted_rand_index`, :func:`kmeans_agreement`,
+  :func:`kmeans_gt_ami`
+* entropy (bits): :func:`entropy`, :func:`histogram_entropy`, :func:`knn_entropy`,
+  :func:`gaussian_entropy`
+* spectral / geometric: :func:`rankme`, :func:`alpha_req`, :func:`nesum`, :func:`uniformity`
+* probes: :func:`linear_probe_acc`, :func:`knn_acc`, :func:`fewshot_probe_acc`
+
+Definitions, defaults and measured speed: docs/metrics.md.
+"""
+
+from labelfree.metrics.clustering import (
+    KMeansResult,
+    adjusted_mutual_info,
+    adjusted_rand_index,
+    kmeans,
+    kmeans_agreement,
+    kmeans_gt_ami,
+    silhouette,
+    silhouette_samples,
+)
+from labelfree.metrics.entropy import (
+    entropy,
+    gaussian_entropy,
+    histogram_entropy,
+    knn_entropy,
+    to_space,
+)
+from labelfree.metrics.probe import fewshot_probe_acc, knn_acc, linear_probe_acc
+from labelfree.metrics.spectral import (
+    alpha_req,
+    covariance_eigenvalues,
+    nesum,
+    rankme,
+    uniformity,
+)
+from labelfree.metrics.suite import (
+    ALL_METRICS,
+    LABEL_FREE_METRICS,
+    LABEL_METRICS,
+    check_metrics_config,
+    compute_metrics,
+    metric_key,
+)
+
+__all__ = [
+    "ALL_METRICS",
+    "LABEL_FREE_METRICS",
+    "LABEL_METRICS",
+    "KMeansResult",
+    "adjusted_mutual_info",
+    "adjusted_rand_index",
+    "alpha_req",
+    "check_metrics_config",
+    "compute_metrics",
+    "covariance_eigenvalues",
+    "entropy",
+    "fewshot_probe_acc",
+    "gaussian_entropy",
+    "histogram_entropy",
+    "kmeans",
+    "kmeans_agreement",
+    "kmeans_gt_ami",
+    "knn_acc",
+    "knn_entropy",
+    "linear_probe_acc",
+    "metric_key",
+    "nesum",
+    "rankme",
+    "silhouette",
+    "silhouette_samples",
+    "to_space",
+    "uniformity",
+]

@@ -1,0 +1,23 @@
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "labelfree.metrics._checks",
+    "labelfree.metrics.clustering",
+    "labelfree.metrics.entropy",
+    "labelfree.metrics.probe",
+    "labelfree.metrics.spectral",
+    "labelfree.metrics.suite",
+    "labelfree.eval",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    # import_module: `labelfree.metrics.entropy` the attribute is the function, not the module
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert name.endswith("_checks") or result.attempted > 0
