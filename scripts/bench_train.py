@@ -11,7 +11,7 @@ or random images with --synthetic). Variants, each on a fresh model with the sam
 With --eval it also times one full evaluation (metrics=full on the 10,000-image test split, probe
 on the 50,000 train images) against one training epoch over the 50,000 train images.
 
-    python scripts/bench_train.py --archive ../shared/data/cifar10-jpeg.tar.gz --eval --json out.json
+    python scripts/bench_train.py --archive ../shared/data/cifar10-jpeg.tar.gz --eval
 """
 
 from __future__ import annotations
