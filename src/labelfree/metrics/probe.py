@@ -139,6 +139,9 @@ def linear_probe_acc(
     Raises:
         ValueError: for mismatched shapes or devices, non-finite values, or bad options.
 
+    References:
+        Xu, Lowe, Trappenberg 2024 (linear probe reference), arXiv:2409.06612.
+
     Examples:
         >>> import numpy as np
         >>> rng = np.random.default_rng(0)
@@ -190,6 +193,10 @@ def knn_acc(
 
     Raises:
         ValueError: for mismatched inputs, ``k > M`` or ``temperature <= 0``.
+
+    References:
+        Wu, Xiong, Yu, Lin. Instance discrimination, CVPR 2018, arXiv:1805.01978.
+        da Costa et al. solo-learn, JMLR 2022 (WeightedKNNClassifier).
 
     Examples:
         >>> import numpy as np

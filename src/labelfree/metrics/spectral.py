@@ -75,6 +75,9 @@ def rankme(
     Returns:
         RankMe as a Python float.
 
+    References:
+        Garrido, Balestriero, Najman, LeCun. RankMe, ICML 2023, arXiv:2210.02885.
+
     Examples:
         >>> import numpy as np
         >>> round(rankme(np.eye(3)), 3)  # 3 equal singular values
@@ -115,6 +118,9 @@ def alpha_req(x: Tensor | np.ndarray, *, fit_start: int = 1, fit_end: int | None
 
     Raises:
         ValueError: if ``fit_start < 1`` or ``fit_end <= fit_start``.
+
+    References:
+        Agrawal, Mondal, Ghosh, Richards. alpha-ReQ, NeurIPS 2022.
 
     Examples:
         >>> import numpy as np
@@ -162,6 +168,9 @@ def nesum(x: Tensor | np.ndarray) -> float:
     Returns:
         NESum as a Python float.
 
+    References:
+        He, Ozay. ICML 2022, arXiv:2106.15208.
+
     Examples:
         >>> import numpy as np
         >>> round(nesum(np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5], [0.0, -0.5]])), 2)
@@ -197,9 +206,12 @@ def uniformity(
     Raises:
         ValueError: for fewer than 2 samples or ``t <= 0``.
 
+    References:
+        Wang, Isola. ICML 2020, arXiv:2005.10242.
+
     Examples:
         >>> import numpy as np
-        >>> uniformity(np.array([[1.0, 0.0], [-1.0, 0.0]]))  # one pair at distance 2: -t * 4
+        >>> round(uniformity(np.array([[1.0, 0.0], [-1.0, 0.0]])), 6)  # one pair, distance 2: -4t
         -8.0
     """
     x = as_embeddings(x)
@@ -213,7 +225,21 @@ def uniformity(
     n = z.shape[0]
     sq = (z * z).sum(1)
     step = block_rows(n, z.device)
-    partial = []
+    if 4 * t <= 80:
+        # exp(-t d^2) >= exp(-4t) >= exp(-80) stays a normal float32: sum the kernel over all
+        # pairs in blocks (float64 accumulation), remove the diagonal, halve for pairs i < j.
+        total = torch.zeros((), dtype=torch.float64, device=z.device)
+        for s in range(0, n, step):
+            zb = z[s : s + step]
+            d2 = torch.addmm(sq.unsqueeze(0), zb, z.T, alpha=-2.0).add_(sq[s : s + step, None])
+            kernel = d2.clamp_min_(0.0).mul_(-t).exp_()
+            rows = torch.arange(zb.shape[0], device=z.device)
+            total += kernel.sum(dtype=torch.float64) - kernel[rows, rows + s].sum(
+                dtype=torch.float64
+            )
+        n_pairs = n * (n - 1) / 2
+        return float(torch.log(total / 2)) - math.log(n_pairs)
+    partial = []  # large t: log-sum-exp per block (the kernel would underflow in float32)
     for s in range(0, n, step):
         zb = z[s : s + step]
         d2 = torch.addmm(sq.unsqueeze(0), zb, z.T, alpha=-2.0).add_(sq[s : s + step, None])

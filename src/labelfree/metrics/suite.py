@@ -154,7 +154,9 @@ def _check_values(cfg: dict[str, Any]) -> None:
     """Type and range of every known option (independent of the data)."""
     rules: dict[tuple[str, str], Callable[[str, Any], None]] = {
         ("kmeans", "k"): lambda k, v: _int(k, v, 2, optional=True),
-        ("kmeans", "n_runs"): lambda k, v: _int(k, v, 1),
+        ("kmeans", "n_runs"): lambda k, v: _int(
+            k, v, 1, fix=" (and kmeans_agreement needs n_runs >= 2)"
+        ),
         ("kmeans", "max_iter"): lambda k, v: _int(k, v, 1),
         ("kmeans", "tol"): lambda k, v: _num(k, v, positive=False),
         ("kmeans", "n_local_trials"): lambda k, v: _int(k, v, 1, optional=True),
