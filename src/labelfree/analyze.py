@@ -38,6 +38,7 @@ from labelfree.analysis.report import (
     write_summary,
     write_tables,
 )
+from labelfree.analysis.wandb_source import collect_wandb, is_wandb_source, merge_collections
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,15 @@ def analyze(cfg: DictConfig) -> AnalysisResult:
             "No runs given. Pass the training output to analyse: "
             "labelfree-analyze runs=DIR output=OUT (or runs=[DIR1,DIR2])."
         )
-    roots = [to_absolute_path(str(r)) for r in _as_list(cfg.runs)]
+    sources = [str(r) for r in _as_list(cfg.runs)]
+    roots = [to_absolute_path(r) for r in sources if not is_wandb_source(r)]
     output = Path(to_absolute_path(str(cfg.output)))
-    collection = collect_runs(roots, include_running=cfg.include_running)
+    collection = collect_runs(roots, include_running=cfg.include_running) if roots else None
+    if len(roots) < len(sources):  # optional W&B source: runs=wandb:ENTITY/PROJECT[/GROUP]
+        wandb_runs = [r for r in sources if is_wandb_source(r)]
+        collection = merge_collections(
+            collection, collect_wandb(wandb_runs, include_running=cfg.include_running)
+        )
     output.mkdir(parents=True, exist_ok=True)
     result = AnalysisResult(output=output, collection=collection, correlations=pd.DataFrame())
     runs_csv, skipped_csv = output / "runs.csv", output / "skipped_runs.csv"

@@ -381,6 +381,12 @@ class ViewLoader:
     Both draw everything (batch order, augmentation parameters, worker seeds) from the epoch's
     generator, so an epoch replays exactly from its seed. The last incomplete batch is dropped.
 
+    Under DDP (``world_size > 1``) ``batch_size`` is the global batch: every rank draws the same
+    permutation from the epoch's generator and takes its ``batch_size // world_size`` slice of
+    each global batch, so all ranks run ``len(self)`` steps and together see each image once per
+    epoch; the view augmentations of a rank come from a generator derived from the epoch's and
+    the rank.
+
     Args:
         images: (N, C, H, W) uint8 training images.
         augment: ``data.augment``: lightly transform parameters shared by all views.
@@ -390,6 +396,8 @@ class ViewLoader:
         backend: ``batched`` or ``lightly``.
         device: training device.
         num_workers: DataLoader workers for the ``lightly`` backend.
+        rank: this process's rank under DDP.
+        world_size: number of DDP processes; must divide ``batch_size``.
     """
 
     def __init__(
@@ -402,11 +410,19 @@ class ViewLoader:
         backend: str = "batched",
         device: torch.device | str = "cpu",
         num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         from labelfree.augment import build_views, lightly_view_transform
 
+        if batch_size % world_size:
+            raise ValueError(
+                f"trainer.batch_size={batch_size} is not divisible by the {world_size} processes: "
+                f"set trainer.batch_size to a multiple of {world_size}."
+            )
         self.batch_size, self.backend, self.device = batch_size, backend, torch.device(device)
-        self.num_workers = num_workers
+        self.num_workers, self.rank, self.world_size = num_workers, rank, world_size
+        self.local_batch_size = batch_size // world_size
         if backend == "batched":
             self.images = images.to(self.device)
             self.views = build_views(augment, per_view)
@@ -422,10 +438,18 @@ class ViewLoader:
         return len(self.images) // self.batch_size
 
     def epoch(self, generator: torch.Generator):
-        """Yield ``len(self)`` lists of views, each a (batch_size, C, S, S) float tensor."""
+        """Yield ``len(self)`` lists of views, each a (local_batch_size, C, S, S) float tensor."""
         order = torch.randperm(len(self.images), generator=generator)[: len(self) * self.batch_size]
+        if self.world_size > 1:  # this rank's slice of every global batch, its own view draws
+            per = self.local_batch_size
+            order = order.view(len(self), self.batch_size)[
+                :, self.rank * per : (self.rank + 1) * per
+            ]
+            order = order.reshape(-1)
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            generator = torch.Generator().manual_seed(seed + self.rank)
         if self.backend == "batched":
-            for idx in order.view(len(self), self.batch_size):
+            for idx in order.view(len(self), self.local_batch_size):
                 batch = self.images[idx.to(self.device, non_blocking=True)]
                 yield [view(batch, generator=generator) for view in self.views]
             return
@@ -434,7 +458,7 @@ class ViewLoader:
             random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)  # noqa: NPY002
         loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
+            batch_size=self.local_batch_size,
             sampler=order.tolist(),
             drop_last=True,
             num_workers=self.num_workers,

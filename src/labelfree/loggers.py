@@ -2,16 +2,31 @@
 
 ``metrics.jsonl`` in the run directory is the source of truth whatever the logger; a logger mirrors
 records elsewhere. Registry: ``LOGGERS[name]``; ``conf/logger/<name>.yaml`` holds its keyword
-arguments.
+arguments. A logger has three methods: ``log_record`` (one evaluation record, after it was
+appended to ``metrics.jsonl``), ``log_train`` (training scalars once per epoch) and ``finish``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+import logging
+import netrc
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from labelfree.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+#: Config keys whose values are never sent to a logger (matched anywhere in a key, any case).
+SECRET_KEY_PATTERN = re.compile(r"api_?key|token|secret|passw|credential", re.IGNORECASE)
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 class CSVLogger:
@@ -44,7 +59,195 @@ class CSVLogger:
         """Nothing to close."""
 
 
-LOGGERS: dict[str, type] = {"csv": CSVLogger}
+class NullLogger:
+    """Logs nothing: the logger of DDP ranks other than 0 (rank 0 logs for the whole run)."""
+
+    def log_record(self, record: Mapping[str, Any]) -> None:
+        """Nothing to do."""
+
+    def log_train(self, values: Mapping[str, Any], *, step: int) -> None:
+        """Nothing to do."""
+
+    def finish(self, status: str) -> None:
+        """Nothing to close."""
+
+
+def scrub_secrets(config: Any) -> Any:
+    """A copy of ``config`` with the value of every secret-like key replaced by ``"<redacted>"``.
+
+    Keys matching :data:`SECRET_KEY_PATTERN` (``api_key``, ``WANDB_API_KEY``, ``token``,
+    ``password``, ...) at any depth are redacted, so a key that slipped into the config never
+    reaches a logger. (Never put it there: use ``WANDB_API_KEY`` or ``wandb login``.)
+
+    Examples:
+        >>> scrub_secrets({"a": 1, "env": {"WANDB_API_KEY": "abc"}, "tags": ["x"]})
+        {'a': 1, 'env': {'WANDB_API_KEY': '<redacted>'}, 'tags': ['x']}
+    """
+    if isinstance(config, Mapping):
+        return {
+            k: "<redacted>" if SECRET_KEY_PATTERN.search(str(k)) else scrub_secrets(v)
+            for k, v in config.items()
+        }
+    if isinstance(config, list | tuple):
+        return [scrub_secrets(v) for v in config]
+    return config
+
+
+def wandb_api_key_available() -> bool:
+    """Whether wandb can authenticate without asking.
+
+    True with ``WANDB_API_KEY`` (or an identity token file) in the environment, or a
+    ``wandb login`` entry in the netrc file for the W&B host (``WANDB_BASE_URL``, default
+    api.wandb.ai). The key is never logged, stored or passed on by labelfree.
+    """
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC", Path.home() / ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> tuple[str, str]:
+    """The W&B mode to use and why: ``(mode, reason)``.
+
+    ``auto`` -> ``WANDB_MODE`` if set, else online with an API key, else offline.
+
+    Raises:
+        ValueError: ``mode`` is not one of :data:`WANDB_MODES`.
+    """
+    if mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode={mode} is not one of: {', '.join(WANDB_MODES)}.")
+    if mode != "auto":
+        return mode, f"logger.mode={mode}"
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return ("offline" if env == "dryrun" else env), f"WANDB_MODE={env}"
+    if wandb_api_key_available():
+        return "online", "a W&B API key is configured"
+    return "offline", "no W&B API key: set WANDB_API_KEY or run `wandb login`"
+
+
+class WandbLogger:
+    """Mirror the run to Weights & Biases: resolved config, every evaluation record, the loss.
+
+    ``metrics.jsonl`` stays the source of truth; W&B is a view of it. The x-axis of every metric
+    is ``epoch`` (``define_metric``), so history rows need no monotonic W&B step and a resumed run
+    continues its curves. The W&B run id is stored in ``run.json`` (``wandb_id``) on the first
+    start; a resumed or requeued run (same run directory) reopens the same W&B run
+    (``resume="allow"``). Without an API key, or with ``WANDB_MODE=offline``, the run is logged
+    offline under ``<dir>/wandb/offline-run-*`` and the log says how to upload it
+    (``wandb sync``). wandb is imported only when this logger is chosen (``logger=wandb``).
+
+    Args:
+        run_dir: the run directory (``run.json`` holds the W&B run id).
+        config: the resolved run config, logged as the W&B config with secret-like keys redacted
+            (:func:`scrub_secrets`).
+        project: W&B project.
+        entity: W&B entity (user or team); None: the key's default entity.
+        group: W&B group (default ``experiment_name``: one group per sweep).
+        run_name: W&B display name (default: the run directory's name, data-arch-method-seed).
+        tags: W&B tags.
+        notes: W&B notes.
+        job_type: W&B job type.
+        mode: ``auto`` (``WANDB_MODE`` if set, else online when an API key is configured, else
+            offline) | ``online`` | ``offline`` | ``disabled``.
+        dir: folder under which wandb writes ``wandb/``; None: ``$WANDB_DIR`` if set, else the
+            run directory.
+        settings: extra ``wandb.Settings`` fields, e.g. ``{init_timeout: 300}``.
+
+    Raises:
+        ValueError: bad ``mode``, or wandb could not start the run (the message names the fix).
+    """
+
+    def __init__(
+        self,
+        *,
+        run_dir: str | Path,
+        config: Mapping[str, Any],
+        project: str,
+        entity: str | None = None,
+        group: str | None = None,
+        run_name: str | None = None,
+        tags: Sequence[str] = (),
+        notes: str | None = None,
+        job_type: str = "train",
+        mode: str = "auto",
+        dir: str | None = None,  # noqa: A002 - wandb.init's name
+        settings: Mapping[str, Any] | None = None,
+    ):
+        try:
+            import wandb  # lazy: only runs with logger=wandb need it
+        except ImportError:
+            raise ValueError(
+                "logger=wandb needs the wandb package: pip install 'labelfree[wandb]'."
+            ) from None
+        mode, reason = resolve_wandb_mode(mode)
+        run = RunDir(run_dir)
+        run_id = run.read_status().get("wandb_id") or uuid.uuid4().hex[:12]
+        root = Path(dir or os.environ.get("WANDB_DIR") or run.path)
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run = wandb.init(
+                project=project,
+                entity=entity,
+                group=group,
+                name=run_name or run.path.name,
+                tags=[str(t) for t in tags],
+                notes=notes,
+                job_type=job_type,
+                config=scrub_secrets(dict(config)),
+                id=run_id,
+                resume="allow",
+                mode=mode,
+                dir=str(root),
+                settings=wandb.Settings(**dict(settings or {})),
+            )
+        except wandb.Error as err:
+            raise ValueError(
+                f"W&B could not start run {run_id} in project {project} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}): check the network and "
+                f"WANDB_API_KEY / `wandb login`, or log offline with logger.mode=offline."
+            ) from None
+        self.run.define_metric("epoch")
+        for pattern in ("train/*", "lf/*", "sup/*", "step", "wall_s", "eval_s"):
+            self.run.define_metric(pattern, step_metric="epoch")
+        run.update_status(wandb_id=run_id, wandb_project=project, wandb_mode=mode)
+        if mode == "offline":
+            log.info(
+                "W&B is offline (%s): run %s is saved in %s; upload it with `wandb sync %s`",
+                reason,
+                run_id,
+                self.run.dir.removesuffix("/files"),
+                Path(self.run.dir).parent.parent / f"offline-run-*-{run_id}",
+            )
+        else:
+            log.info("W&B run %s (%s): %s", run_id, mode, getattr(self.run, "url", None))
+
+    def log_record(self, record: Mapping[str, Any]) -> None:
+        """Log one evaluation record against its epoch (``train/loss`` comes from log_train)."""
+        self.run.log({k: v for k, v in record.items() if v is not None and k != "train/loss"})
+
+    def log_train(self, values: Mapping[str, Any], *, step: int) -> None:
+        """Log the epoch's training scalars (``train/loss``, ``epoch``) and the optimizer step."""
+        self.run.log({**values, "step": step})
+
+    def finish(self, status: str) -> None:
+        """Close the W&B run; ``status`` goes to its summary.
+
+        A run still ``running`` was interrupted (preemption, time limit): it is marked preempting
+        and will be resumed under the same id. ``failed`` ends with exit code 1; ``completed``
+        and ``diverged`` (a finished experiment) with 0.
+        """
+        self.run.summary["status"] = status
+        if status == "running":
+            self.run.mark_preempting()
+        self.run.finish(exit_code=1 if status in ("running", "failed") else 0)
+
+
+LOGGERS: dict[str, type] = {"csv": CSVLogger, "wandb": WandbLogger}
 
 
 def build_logger(cfg: Mapping[str, Any], *, run_dir: str | Path, config: Mapping[str, Any]):

@@ -18,8 +18,11 @@ records an uninterrupted run would.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -30,8 +33,16 @@ from tqdm.auto import tqdm
 from labelfree.backbones import build_backbone
 from labelfree.checkpoint import load_checkpoint, save_checkpoint
 from labelfree.data import Dataset, ViewLoader, build_dataset
+from labelfree.distributed import (
+    World,
+    check_world,
+    distributed_world,
+    prepare_model,
+    run_dir_for,
+    set_gather_distributed,
+)
 from labelfree.evaluation import Evaluator, as_container, eval_epochs, summary_line, timed_record
-from labelfree.loggers import build_logger
+from labelfree.loggers import NullLogger, build_logger
 from labelfree.methods import SSLMethod, build_method
 from labelfree.metrics import check_metrics_config
 from labelfree.optim import build_optimizer, lr_factor
@@ -46,6 +57,8 @@ RESUME_MAY_DIFFER = (
     "paths",
     "trainer.device",
     "trainer.num_workers",
+    "trainer.distributed.backend",
+    "trainer.distributed.timeout_min",
     "eval.batch_size",
 )
 
@@ -106,14 +119,18 @@ def validate_data(cfg: DictConfig, dataset: Dataset) -> None:
     )
 
 
-def build_model(cfg: DictConfig) -> tuple[Dataset, SSLMethod]:
-    """The dataset and the SSL method (seeded backbone and heads) described by ``cfg``."""
+def build_model(cfg: DictConfig, world: World | None = None) -> tuple[Dataset, SSLMethod]:
+    """The dataset and the SSL method (seeded backbone and heads) described by ``cfg``.
+
+    Under DDP (``world``) a method's ``gather_distributed`` option is switched on.
+    """
     dataset = build_dataset(cfg.data)
     torch.manual_seed(cfg.seed)
     backbone, dim = build_backbone(
         cfg.arch, in_channels=dataset.channels, image_size=dataset.image_size
     )
-    return dataset, build_method(cfg.method, backbone, dim)
+    method_cfg = set_gather_distributed(as_container(cfg.method), world or World())
+    return dataset, build_method(method_cfg, backbone, dim)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -157,19 +174,33 @@ def find_checkpoint(cfg: DictConfig, run: RunDir) -> Path | None:
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train and evaluate one run in ``run_dir``; returns the final ``run.json`` contents."""
+    """Train and evaluate one run in ``run_dir``; returns the final ``run.json`` contents.
+
+    Under torchrun or multi-task submitit jobs every process calls this; they form one DDP run
+    (:mod:`labelfree.distributed`) in which rank 0 evaluates and writes the run directory.
+    """
     validate_config(cfg)
-    run = RunDir(run_dir)
+    device = resolve_device(cfg.trainer.device)
+    with distributed_world(cfg.trainer.distributed, device=device) as world:
+        return _train(cfg, run_dir, world=world, device=world.device(device))
+
+
+def _train(cfg: DictConfig, run_dir: str | Path, *, world: World, device: torch.device) -> dict:
+    check_world(
+        cfg.trainer.distributed, batch_size=cfg.trainer.batch_size, world_size=world.world_size
+    )
+    run = run_dir_for(run_dir, world)
     ckpt_path = find_checkpoint(cfg, run)
     if ckpt_path is not None and ckpt_path.parent.parent != run.path:
-        run = RunDir(ckpt_path.parent.parent)
+        run = run_dir_for(ckpt_path.parent.parent, world)
         log.info("Resuming in the checkpoint's run directory %s", run.path)
-    device = resolve_device(cfg.trainer.device)
+    world.barrier()  # every rank has chosen its checkpoint before rank 0 writes one
     precision = resolve_precision(cfg.trainer.precision, device)
 
-    dataset, model = build_model(cfg)
+    dataset, model = build_model(cfg, world)
     validate_data(cfg, dataset)
     model.to(device)
+    loss_fn = prepare_model(model, world, sync_batchnorm=cfg.trainer.distributed.sync_batchnorm)
     optimizer = build_optimizer(model, cfg.method.optimizer, batch_size=cfg.trainer.batch_size)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     loader = ViewLoader(
@@ -180,17 +211,23 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         backend=cfg.trainer.augmentation,
         device=device,
         num_workers=cfg.trainer.num_workers,
+        rank=world.rank,
+        world_size=world.world_size,
     )
-    evaluator = Evaluator(
-        dataset,
-        cfg.metrics,
-        normalize=as_container(cfg.data.normalize),
-        device=device,
-        embedding=cfg.eval.embedding,
-        batch_size=cfg.eval.batch_size,
-        train_per_class=cfg.eval.train_per_class,
-        precision=precision,
-        seed=cfg.seed,
+    evaluator = (
+        Evaluator(
+            dataset,
+            cfg.metrics,
+            normalize=as_container(cfg.data.normalize),
+            device=device,
+            embedding=cfg.eval.embedding,
+            batch_size=cfg.eval.batch_size,
+            train_per_class=cfg.eval.train_per_class,
+            precision=precision,
+            seed=cfg.seed,
+        )
+        if world.is_main
+        else None
     )
     epochs, steps_per_epoch = cfg.trainer.epochs, len(loader)
     total_steps, warmup_steps = (
@@ -200,7 +237,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     schedule = set(eval_epochs(cfg.eval.schedule, epochs))
     config = as_container(cfg)
 
-    epoch, step, elapsed = 0, 0, 0.0
+    epoch, step, elapsed, loss = 0, 0, 0.0, None
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)
         diffs = _config_diff(state["config"], config)
@@ -213,6 +250,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, elapsed = state["epoch"], state["step"], state["elapsed_s"]
+        loss = state.get("loss")  # for a scheduled record of that epoch still missing
         log.info("Resumed from %s at epoch %d (step %d)", ckpt_path, epoch, step)
     records = (
         {r["epoch"] for r in run.keep_records_through(epoch)}
@@ -220,7 +258,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         else set()
     )
 
-    logger = build_logger(cfg.logger, run_dir=run.path, config=config)
+    logger = (
+        build_logger(cfg.logger, run_dir=run.path, config=config) if world.is_main else NullLogger()
+    )
     status = run.update_status(
         name=cfg.run_name,
         method=cfg.method.name,
@@ -233,6 +273,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         last_epoch=epoch if ckpt_path else None,
         error=None,
         device=str(device),
+        world_size=world.world_size,
+        host=socket.gethostname(),
+        pid=os.getpid(),  # of rank 0: a requeued or resumed job records its new process
         config=config,
     )
     started = time.perf_counter()
@@ -241,6 +284,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         return elapsed + time.perf_counter() - started
 
     def checkpoint() -> None:
+        if not world.is_main:
+            return
         save_checkpoint(
             run.last_checkpoint,
             {
@@ -249,25 +294,30 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 "epoch": epoch,
                 "step": step,
                 "elapsed_s": now(),
+                "loss": loss,
                 "config": config,
             },
         )
 
     def evaluate(loss: float | None) -> None:
-        if epoch in schedule and epoch not in records:
+        if epoch in schedule and epoch not in records and world.is_main:
             record = timed_record(evaluator, model, epoch=epoch, step=step, wall_s=now(), loss=loss)
             run.append_record(record)
             logger.log_record(record)
             records.add(epoch)
             log.info(summary_line(record))
+        if epoch in schedule:
+            world.barrier()  # the other ranks wait for rank 0's evaluation
 
     try:
         if ckpt_path is None:
             checkpoint()
-        evaluate(loss=None)  # epoch 0, or a scheduled record missing after an interruption
+        evaluate(loss=loss)  # epoch 0, or a scheduled record missing after an interruption
         while epoch < epochs:
             loss = _train_epoch(
                 model,
+                loss_fn,
+                world,
                 optimizer,
                 loader,
                 base_lrs,
@@ -297,6 +347,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def _train_epoch(
     model: SSLMethod,
+    loss_fn: Callable[[list[torch.Tensor]], torch.Tensor],
+    world: World,
     optimizer: torch.optim.Optimizer,
     loader: ViewLoader,
     base_lrs: list[float],
@@ -310,7 +362,11 @@ def _train_epoch(
     seed: int,
     epochs: int,
 ) -> float:
-    """One pass over the training set; returns the mean loss; :class:`Diverged` on NaN/inf."""
+    """One pass over the training set; returns the mean loss; :class:`Diverged` on NaN/inf.
+
+    ``loss_fn`` is ``model.loss`` or its DDP wrapper; under DDP the loss checked and averaged is the
+    mean over ranks, so every rank stops at the same step.
+    """
     model.train()
     torch.manual_seed(
         _epoch_seed(seed, epoch)
@@ -318,17 +374,22 @@ def _train_epoch(
     generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
     total = torch.zeros((), device=device)
     bar = tqdm(
-        loader.epoch(generator), total=len(loader), desc=f"epoch {epoch}/{epochs}", leave=False
+        loader.epoch(generator),
+        total=len(loader),
+        desc=f"epoch {epoch}/{epochs}",
+        leave=False,
+        disable=not world.is_main,
     )
     for i, views in enumerate(bar):
         factor = lr_factor(step + i, total_steps=total_steps, warmup_steps=warmup_steps)
         for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base_lr * factor
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model.loss(views)
-        if not torch.isfinite(loss):
+            loss = loss_fn(views)
+        mean_loss = world.mean(loss.detach())
+        if not torch.isfinite(mean_loss):
             raise Diverged(
-                f"train/loss became {loss.item()} in epoch {epoch} (step {step + i}): the run "
+                f"train/loss became {mean_loss.item()} in epoch {epoch} (step {step + i}): the run "
                 f"diverged. "
                 f"Lower method.optimizer.lr or raise trainer.warmup_epochs."
             )
@@ -336,9 +397,9 @@ def _train_epoch(
         loss.backward()
         optimizer.step()
         model.on_step_end(step + i, total_steps)
-        total += loss.detach()
+        total += mean_loss
         if i % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{mean_loss.item():.4f}")
     return (total / len(loader)).item()
 
 
@@ -350,14 +411,20 @@ def main(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     log.info("Run directory: %s", run_dir)
+    multirun = hydra_cfg.mode == hydra.types.RunMode.MULTIRUN
     try:
         return train(cfg, run_dir)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except Exception as err:  # in a sweep, even a bug must not sink the other jobs
+        expected = isinstance(err, ValueError | FileNotFoundError | RuntimeError)
+        if not (expected or multirun):
+            raise  # a bug in a single run: the full traceback
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        log.error("%s: %s", type(err).__name__, message)
-        RunDir(run_dir).update_status(status="failed", error=message)
-        if hydra_cfg.mode == hydra.types.RunMode.MULTIRUN:
-            return None  # one failing job must not stop the rest of a sweep
+        log.error("%s: %s", type(err).__name__, message, exc_info=not expected)
+        if int(os.environ.get("RANK", 0)) == 0:  # under DDP rank 0 writes run.json
+            error = message if expected else f"{type(err).__name__}: {message}"
+            RunDir(run_dir).update_status(status="failed", error=error)
+        if multirun:
+            return None  # one failing job must not stop the rest of a sweep (sweep_summary.json)
         sys.exit(1)
 
 

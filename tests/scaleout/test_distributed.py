@@ -1,0 +1,212 @@
+"""DDP: batch sharding, gather + gradient equivalence with one process, a 2-process gloo run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from labelfree.data import ViewLoader
+from labelfree.distributed import World, check_world, detect_world, set_gather_distributed
+
+# Views of constant images without photometric or geometric changes are constant images of the
+# same value: the value tells which training image a view came from.
+CONSTANT_VIEWS = {
+    "input_size": 8,
+    "min_scale": 0.5,
+    "cj_prob": 0.0,
+    "random_gray_scale": 0.0,
+    "gaussian_blur": 0.0,
+    "hf_prob": 0.0,
+    "vf_prob": 0.0,
+    "rr_prob": 0.0,
+    "solarization_prob": 0.0,
+    "normalize": None,
+}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _loader(world_size: int, rank: int) -> ViewLoader:
+    images = (torch.arange(40, dtype=torch.uint8) * 5).view(40, 1, 1, 1).expand(40, 1, 8, 8)
+    return ViewLoader(
+        images.contiguous(),
+        CONSTANT_VIEWS,
+        [{}, {}],
+        batch_size=8,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def _image_ids(loader: ViewLoader, seed: int) -> list[list[int]]:
+    """Per step, the indices of the images in the batch (decoded from the first view)."""
+    steps = []
+    for views in loader.epoch(torch.Generator().manual_seed(seed)):
+        assert len(views) == 2
+        values = views[0][:, 0, 4, 4] * 255 / 5
+        assert torch.allclose(values, values.round(), atol=1e-3)
+        steps.append(values.round().long().tolist())
+    return steps
+
+
+def test_view_loader_shards_each_global_batch_across_ranks():
+    single, rank0, rank1 = _loader(1, 0), _loader(2, 0), _loader(2, 1)
+    assert len(single) == len(rank0) == len(rank1) == 5  # steps per epoch do not depend on W
+    assert rank0.local_batch_size == 4
+    full, ids0, ids1 = (_image_ids(loader, seed=3) for loader in (single, rank0, rank1))
+    for step in range(5):
+        assert len(full[step]) == 8
+        assert len(ids0[step]) == len(ids1[step]) == 4
+        # rank r takes the r-th slice of the same global batch as one process would use
+        assert ids0[step] == full[step][:4]
+        assert ids1[step] == full[step][4:]
+    seen = sorted(i for step in ids0 + ids1 for i in step)
+    assert seen == list(range(40))  # one epoch: every image once over the ranks
+    assert _image_ids(_loader(2, 1), seed=3) == ids1  # an epoch replays from its seed
+
+
+def test_view_loader_rejects_batch_not_divisible_by_world():
+    with pytest.raises(
+        ValueError, match="trainer.batch_size=8 is not divisible by the 3 processes"
+    ):
+        _loader(3, 0)
+
+
+def test_world_single_process_and_checks(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(var, raising=False)
+    assert detect_world() == (0, 1, 0)
+    world = World()
+    assert world.is_main
+    assert not world.distributed
+    x = torch.tensor(2.5)
+    assert world.mean(x) is x
+    assert world.device(torch.device("cpu")) == torch.device("cpu")
+    assert set_gather_distributed({"gather_distributed": False}, world) == {
+        "gather_distributed": False
+    }
+    two = World(rank=1, world_size=2, local_rank=1, backend="gloo")
+    assert not two.is_main
+    assert set_gather_distributed({"name": "simclr", "gather_distributed": False}, two) == {
+        "name": "simclr",
+        "gather_distributed": True,
+    }
+    assert set_gather_distributed({"name": "simsiam"}, two) == {"name": "simsiam"}
+    cfg = {"backend": "auto", "timeout_min": 30, "sync_batchnorm": True}
+    check_world(cfg, batch_size=128, world_size=4)
+    with pytest.raises(ValueError, match="trainer.batch_size=130 .* not divisible by the 4"):
+        check_world(cfg, batch_size=130, world_size=4)
+    with pytest.raises(ValueError, match="trainer.distributed.backend=mpi"):
+        check_world({**cfg, "backend": "mpi"}, batch_size=128, world_size=1)
+    with pytest.raises(ValueError, match="trainer.distributed.timeout_min=0"):
+        check_world({**cfg, "timeout_min": 0}, batch_size=128, world_size=1)
+
+
+STEP_SCRIPT = """
+import sys, torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from labelfree.backbones import build_backbone
+from labelfree.distributed import distributed_world, prepare_model, set_gather_distributed
+from labelfree.methods import build_method
+from labelfree.optim import build_optimizer
+
+with initialize_config_module("labelfree.conf", version_base="1.3"):
+    cfg = compose("train", overrides=["method=" + sys.argv[2], "arch.widths=[8,16]"])
+g = torch.Generator().manual_seed(1)
+views = [torch.randn(8, 1, 16, 16, generator=g) for _ in range(2)]
+with distributed_world(cfg.trainer.distributed, device=torch.device("cpu")) as world:
+    torch.manual_seed(0)
+    backbone, dim = build_backbone(cfg.arch, in_channels=1, image_size=16)
+    method_cfg = set_gather_distributed(OmegaConf.to_container(cfg.method), world)
+    model = build_method(method_cfg, backbone, dim)
+    model.eval()  # BatchNorm from running statistics: the same function on any split of the batch
+    loss_fn = prepare_model(model, world)
+    optimizer = build_optimizer(model, cfg.method.optimizer, batch_size=8)
+    per = 8 // world.world_size
+    loss = loss_fn([v[world.rank * per : (world.rank + 1) * per] for v in views])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    mean = world.mean(loss.detach())
+    torch.save({"state": model.state_dict(), "loss": mean.item()}, f"{sys.argv[1]}.{world.rank}")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr"])
+def test_ddp_step_with_gathered_loss_equals_one_process_step(tmp_path, method):
+    """2 gloo ranks on half batches == 1 process on the whole batch (loss and updated weights).
+
+    Holds for losses that gather what they need (NT-Xent: negatives; VICReg: variance and
+    covariance; both checked, VICReg by hand). Not for Barlow Twins: lightly standardises each
+    rank's embeddings with that rank's batch statistics before summing the cross-correlations,
+    as the original implementation's per-GPU BatchNorm does.
+    """
+    script = tmp_path / "step.py"
+    script.write_text(STEP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(var, None)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one"), method],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + [str(script), str(tmp_path / "two"), method],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    ref = torch.load(tmp_path / "one.0")
+    for rank in range(2):
+        got = torch.load(tmp_path / f"two.{rank}")
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+        for key, value in ref["state"].items():
+            torch.testing.assert_close(got["state"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_writes_one_set_of_records(tmp_path, tiny_overrides):
+    """torchrun --nproc_per_node=2 on CPU: completes, rank 0 alone writes the run directory."""
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["-m", "labelfree.train", *tiny_overrides, "method=simclr", f"hydra.run.dir={run_dir}"]
+        + ["trainer.distributed.timeout_min=2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [0, 1, 2]  # exactly one record per scheduled epoch
+    assert [r["step"] for r in records] == [0, 3, 6]  # 400 // 128 global steps per epoch
+    assert all(0 <= r["sup/linear_probe_acc"] <= 1 for r in records)
+    assert records[1]["train/loss"] > 0
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "completed"
+    assert status["world_size"] == 2
+    assert status["last_epoch"] == 2
+    assert "Distributed training: 2 processes, backend gloo" in out
+    assert out.count("| eval ") == 3  # rank 0 evaluated; rank 1 logs warnings only
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert not any(k.startswith("module.") for k in state["model"])  # loadable by one process
+    assert state["config"]["method"]["gather_distributed"] is False  # composed config unchanged
