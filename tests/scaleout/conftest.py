@@ -1,12 +1,9 @@
-"""Fixtures for the scale-out tests: tiny sweeps, CLI runs, and W&B offline run files."""
+"""Fixtures for the scale-out tests: tiny run settings and the W&B offline run files."""
 
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,45 +20,11 @@ TINY = [
     "arch.widths=[16,32]",
     "metrics.kmeans.n_runs=2",
 ]
-TIMING_KEYS = {"wall_s", "eval_s"}
 
 
 @pytest.fixture(scope="session")
 def tiny_overrides() -> list[str]:
     return list(TINY)
-
-
-@pytest.fixture
-def run_cli(tmp_path):
-    """Run ``python -m <module> args...`` in tmp_path with W&B offline; returns CompletedProcess."""
-
-    def _run(*args: str, module: str = "labelfree.train", timeout: float = 300, env=None):
-        full_env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "HYDRA_FULL_ERROR": "0",
-            "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true",
-            **(env or {}),
-        }
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            cwd=tmp_path,
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    return _run
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
-
-
-def strip_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 def read_wandb_file(path: Path):
