@@ -75,3 +75,13 @@ def test_unknown_method_lists_choices():
         ValueError, match="Unknown method 'simclar'. Choose one of: barlow_twins, byol"
     ):
         build_method({"name": "simclar"}, torch.nn.Identity(), 4)
+
+
+def test_moco_queue_is_checkpointed(compose_train):
+    cfg = compose_train("method=moco_v2", "method.memory_bank_size=32")
+    backbone, dim = build_backbone(cfg.arch, in_channels=1, image_size=16)
+    model = build_method(cfg.method, backbone, dim)
+    model.loss([torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)])  # enqueues keys
+    state = model.state_dict()
+    assert state["criterion.memory_bank.bank"].shape == (32, 128)
+    assert int(state["criterion.memory_bank.bank_ptr"]) != 0

@@ -88,6 +88,17 @@ class SSLMethod(nn.Module):
                 update_momentum(online, target, m=m)
 
 
+def _persist_buffers(module: nn.Module) -> None:
+    """Re-register a module's buffers as persistent, so checkpoints hold them.
+
+    lightly's memory bank (the MoCo queue) registers its buffers with ``persistent=False``; without
+    the queue in ``last.pt`` a resumed run would continue with a different set of negatives.
+    """
+    for name, buffer in list(module.named_buffers(recurse=False)):
+        delattr(module, name)
+        module.register_buffer(name, buffer, persistent=True)
+
+
 def _frozen_copy(module: nn.Module) -> nn.Module:
     target = copy.deepcopy(module)
     deactivate_requires_grad(target)
@@ -165,6 +176,7 @@ class MoCoV2(SSLMethod):
             memory_bank_size=(memory_bank_size, out_dim),
             gather_distributed=gather_distributed,
         )
+        _persist_buffers(self.criterion.memory_bank)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """Online backbone/projector and their momentum copies."""

@@ -1,1 +1,1 @@
-"""Hydra configs of labelfree (a package so that tests and tools can compose them by module name)."""
+"""Hydra configs of labelfree, a package so that tests and tools can compose them by name."""
