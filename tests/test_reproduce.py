@@ -1,0 +1,172 @@
+"""labelfree-reproduce: argument handling, failed-run reporting, and the demo end to end (tiny)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from labelfree.reproduce import main, parse_arguments, plan_sweep, reproduce
+
+TINY = ["seed=0", "method=simclr,simsiam", "trainer.epochs=2", "trainer.warmup_epochs=1"]
+FAST_ANALYSIS = ["bootstrap.n_resamples=50", "figures.formats=[png]"]
+
+
+def test_arguments_are_split_between_sweep_analysis_and_own_keys():
+    args = parse_arguments(
+        [
+            "experiment=paper_cifar10",
+            "output=out",
+            "train=false",
+            "seed=0",
+            "analysis.table.digits=3",
+        ]
+    )
+    assert (args.experiment, args.output, args.train) == ("paper_cifar10", "out", False)
+    assert args.train_overrides == ["seed=0"]
+    assert args.analysis_overrides == ["table.digits=3"]
+    assert parse_arguments([]).experiment == "demo"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["experiment=nope"], "Unknown experiment 'nope'. Choose one of: cross_arch, demo"),
+        (["--cfg"], "is not key=value"),
+        (["train=maybe"], "train=maybe is not a boolean"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    assert message in capsys.readouterr().err
+
+
+def write_run(run_dir, *, method, status, epochs=6, error=None, slope=1.0):
+    """A synthetic run directory: the metrics are exact functions of the probe accuracy."""
+    run_dir.mkdir(parents=True)
+    info = {
+        "name": run_dir.name,
+        "method": method,
+        "arch": "small_cnn",
+        "data": "digits",
+        "seed": 0,
+        "experiment": "demo",
+        "status": status,
+        "epochs": epochs,
+        "last_epoch": epochs if status == "completed" else 1,
+        "error": error,
+    }
+    (run_dir / "run.json").write_text(json.dumps(info))
+    lines = []
+    for epoch in range(epochs + 1):
+        acc = 0.5 + 0.05 * epoch
+        record = {
+            "epoch": epoch,
+            "step": 10 * epoch,
+            "lf/silhouette": slope * acc,
+            "lf/kmeans_agreement": acc**2,
+            "lf/entropy": 9.0 - acc,
+            "sup/kmeans_gt_ami": acc / 2,
+            "sup/linear_probe_acc": acc,
+        }
+        lines.append(json.dumps(record))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_failed_and_missing_runs_are_reported_and_the_rest_analysed(tmp_path, capsys):
+    overrides = [f"paths.output_dir={tmp_path}", "seed=0", "method=simclr,moco_v2,simsiam"]
+    plan = plan_sweep("demo", overrides)
+    simclr, moco, simsiam = plan.run_dirs
+    write_run(simclr, method="simclr", status="completed")
+    write_run(simsiam, method="simsiam", status="failed", error="ValueError: boom")
+    output = tmp_path / "out"
+
+    result = reproduce(
+        "demo", overrides, output=output, train=False, analysis_overrides=FAST_ANALYSIS
+    )
+
+    assert result.returncode is None
+    assert [(r.name, r.status) for r in result.runs] == [
+        (simclr.name, "completed"),
+        (moco.name, "missing"),
+        (simsiam.name, "failed"),
+    ]
+    assert result.runs[2].error == "ValueError: boom"
+    runs = pd.read_csv(output / "runs.csv")
+    assert set(runs["method"]) == {"simclr"}
+    assert len(runs) == 7
+    correlations = pd.read_csv(output / "correlations.csv")
+    exact = correlations[
+        (correlations["method"] == "simclr")
+        & (correlations["variant"] == "all")
+        & (correlations["coefficient"] == "spearman")
+        & (correlations["target"] == "sup/linear_probe_acc")
+        & (correlations["aggregate"] == "per_seed")
+    ].set_index("metric")["value"]
+    assert exact["lf/silhouette"] == pytest.approx(1.0)
+    assert exact["lf/entropy"] == pytest.approx(-1.0)
+    text = result.main_table.read_text()
+    assert "1 completed, 1 failed, 1 missing" in text
+    assert f"| {simsiam.name} | failed | 1/6 | ValueError: boom |" in text
+    assert "| simclr |" in text
+    assert (output / "reproduce.log").read_text().count("is failed: ValueError: boom") == 1
+
+
+def test_no_run_directory_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="train=false: run the sweep first"):
+        reproduce("demo", [f"paths.output_dir={tmp_path}"], output=tmp_path / "o", train=False)
+
+
+def reproduce_cli(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "labelfree.reproduce", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end_then_resumed(tmp_path):
+    args = [
+        *TINY,
+        f"paths.output_dir={tmp_path / 'outputs'}",
+        f"output={tmp_path / 'demo'}",
+        *(f"analysis.{o}" for o in FAST_ANALYSIS),
+    ]
+    proc = reproduce_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = tmp_path / "demo"
+    assert "Runs of experiment demo: 2 completed" in proc.stdout, proc.stdout[-3000:]
+    assert "## digits / small_cnn" in proc.stdout
+    table = proc.stdout.split("## digits / small_cnn", 1)[1]
+    assert "| method | S1 | AMI(C1;C2) | H(Z) |" in table
+    assert "| simclr |" in table
+    assert "| simsiam |" in table
+    assert "main_table.md" in proc.stdout
+    for name in ["main_table.md", "summary.md", "runs.csv", "correlations.csv", "reproduce.log"]:
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "tables").glob("*.md"))
+    figures = list((out / "figures").glob("*.png"))
+    assert figures
+    assert all(f.stat().st_size > 1000 for f in figures)
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs.groupby("method")["epoch"].apply(list).items()) == [
+        ("simclr", [0, 1, 2]),
+        ("simsiam", [0, 1, 2]),
+    ]
+    sweep = tmp_path / "outputs" / "sweeps" / "demo"
+    records = {d.name: (d / "metrics.jsonl").read_text() for d in sweep.iterdir() if d.is_dir()}
+    assert sorted(records) == ["digits-small_cnn-simclr-s0", "digits-small_cnn-simsiam-s0"]
+
+    again = reproduce_cli(*args, cwd=tmp_path)  # resumes: nothing left to train or evaluate
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "Runs of experiment demo: 2 completed" in again.stdout, again.stdout[-3000:]
+    assert {name: (sweep / name / "metrics.jsonl").read_text() for name in records} == records
