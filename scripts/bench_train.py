@@ -4,7 +4,7 @@ SimCLR with ResNet-18 (CIFAR stem) at batch 512 on 32x32 images (CIFAR-10 JPEGs 
 or random images with --synthetic). Variants, each on a fresh model with the same seed:
 
   reference   lightly SimCLRTransform on PIL images in DataLoader workers, fp32, NCHW (usual recipe)
-  ours        labelfree's data path and step: uint8 images on the device, batched per-sample views
+  ours        labelfree.train's epoch loop: uint8 images on the device, batched per-sample views
               (labelfree.augment), bf16 autocast, channels_last
   ablations   each change alone, to show where the speed comes from
 
@@ -32,9 +32,11 @@ from omegaconf import OmegaConf
 from labelfree.augment import build_views
 from labelfree.backbones import build_backbone
 from labelfree.data import PILViews, ViewLoader, build_dataset
+from labelfree.distributed import World
 from labelfree.evaluation import Evaluator
 from labelfree.methods import build_method
-from labelfree.optim import build_optimizer, lr_factor
+from labelfree.optim import build_optimizer
+from labelfree.train import _train_epoch
 
 
 def compose_cfg(root: str | None, overrides: list[str]):
@@ -106,34 +108,23 @@ def time_reference(cfg, images, device, *, precision, channels_last, steps, warm
 
 
 def time_ours(cfg, images, device, *, precision, channels_last, epochs):
-    """Our data path and step: ViewLoader (uint8 images on the device, batched per-sample views)
-    feeding the same per-step work as labelfree.train's epoch loop (lr schedule, autocast, loss,
-    finite check, backward, step, momentum hook)."""
+    """labelfree.train's epoch loop (``_train_epoch``) fed by its ViewLoader (batched on device)."""
     model, optimizer = new_model(cfg, device, channels_last)
     aug = OmegaConf.to_container(cfg.data.augment, resolve=True)
     views = OmegaConf.to_container(cfg.method.views, resolve=True)
     loader = ViewLoader(images, aug, views, batch_size=cfg.trainer.batch_size, device=device)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    total = (epochs + 1) * len(loader)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    step, start = 0, None
+    kwargs = dict(
+        total_steps=(epochs + 1) * len(loader), warmup_steps=0, device=device, precision=precision,
+        channels_last=channels_last, seed=0, epochs=epochs + 1,
+    )  # fmt: skip
+    start = None
     for epoch in range(epochs + 1):  # the first epoch warms up (cuDNN autotuning, allocator)
         if epoch == 1:
             sync(device)
             start = time.perf_counter()
-        for batch in loader.epoch(torch.Generator().manual_seed(epoch)):
-            for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base_lr * lr_factor(step, total_steps=total, warmup_steps=0)
-            batch = [v.contiguous(memory_format=fmt) for v in batch]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = model.loss(batch)
-            if not torch.isfinite(loss):
-                raise RuntimeError("loss diverged")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.on_step_end(step, total)
-            step += 1
+        _train_epoch(model, model.loss, World(), optimizer, loader, base_lrs, epoch=epoch + 1,
+                     step=epoch * len(loader), **kwargs)  # fmt: skip
     sync(device)
     return epochs * len(loader) * cfg.trainer.batch_size / (time.perf_counter() - start), model
 
