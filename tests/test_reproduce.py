@@ -1,5 +1,6 @@
 """labelfree-reproduce: argument handling, failed-run reporting, and the demo end to end (tiny)."""
 
+import doctest
 import json
 import os
 import subprocess
@@ -8,10 +9,17 @@ import sys
 import pandas as pd
 import pytest
 
+import labelfree.reproduce
 from labelfree.reproduce import main, parse_arguments, plan_sweep, reproduce
 
 TINY = ["seed=0", "method=simclr,simsiam", "trainer.epochs=2", "trainer.warmup_epochs=1"]
 FAST_ANALYSIS = ["bootstrap.n_resamples=50", "figures.formats=[png]"]
+
+
+def test_doctests():
+    failures, tried = doctest.testmod(labelfree.reproduce)
+    assert tried >= 5
+    assert failures == 0
 
 
 def test_arguments_are_split_between_sweep_analysis_and_own_keys():

@@ -63,6 +63,13 @@ DEFAULT_OUTPUT = "outputs/reproduce/{experiment}"
 ANALYSIS_PREFIX = "analysis."
 #: ``run.json`` status of a run the sweep did not start (no run directory).
 MISSING = "missing"
+#: What each figure family of the analysis shows (file name prefix -> text of main_table.md).
+FIGURE_KINDS = {
+    "curves": "metric and linear-probe accuracy vs epoch, per method",
+    "scatter": "metric vs linear-probe accuracy, coloured by epoch",
+    "outliers": "entropy vs epoch with core and outlier points",
+    "cross_run": "final metric vs final accuracy across runs (cross-run comparison)",
+}
 
 
 @dataclass
@@ -392,9 +399,18 @@ def write_main_table(result: ReproduceResult, path: Path, *, command: str) -> Pa
     for table in analysis.main_tables:
         lines += ["", f"## {table.dataset} / {table.arch}", "", table.markdown]
     if analysis.figures:
-        lines += ["", "## Figures", ""]
+        kinds: dict[str, int] = {}
+        for figure in analysis.figures:
+            kind = next((k for k in FIGURE_KINDS if figure.name.startswith(k + "_")), "other")
+            kinds[kind] = kinds.get(kind, 0) + 1
         lines += [
-            f"- `{p.relative_to(analysis.output)}`" for p in analysis.figures if p.suffix == ".png"
+            "",
+            f"Figures ({len(analysis.figures)} files in `figures/`): "
+            + "; ".join(
+                f"`{kind}_*` ({n}): {FIGURE_KINDS.get(kind, 'see summary.md')}"
+                for kind, n in kinds.items()
+            )
+            + ".",
         ]
     lines += ["", f"Everything else: `summary.md` in `{_display(analysis.output)}`.", ""]
     path.write_text("\n".join(lines))
