@@ -231,3 +231,15 @@ def test_compute_metrics_rejects_bad_inputs(metric_configs):
         compute_metrics(np.zeros((10, 2)), config=cfg, labels=np.zeros(9, dtype=int))
     with pytest.raises(ValueError, match="Pass train_embeddings and train_labels together"):
         compute_metrics(np.zeros((10, 2)), config=cfg, train_embeddings=np.zeros((10, 2)))
+
+
+@pytest.mark.parametrize("budget", [2**12, 2**27])  # small blocks, and the CUDA budget
+def test_results_do_not_depend_on_the_block_size(monkeypatch, metric_configs, small_splits, budget):
+    tx, ty, ex, ey = small_splits
+    cfg = metric_configs["full"]
+    kw = dict(config=cfg, labels=ey, train_embeddings=tx, train_labels=ty, seed=0)
+    ref = compute_metrics(ex, **kw)
+    monkeypatch.setattr("labelfree.metrics._checks._BLOCK_ENTRIES_CPU", budget)
+    out = compute_metrics(ex, **kw)
+    for key, value in ref.items():
+        assert out[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

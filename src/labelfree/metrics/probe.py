@@ -65,25 +65,29 @@ def _fit_softmax(
     """Multinomial logistic regression by full-batch L-BFGS: weights ``(D, C)``, bias ``(C,)``.
 
     Minimises ``mean_i CE(x_i W + b, y_i) + l2 / 2 ||W||_F^2`` (bias not penalised) with
-    analytic gradients.
+    analytic gradients. Logits are kept class-major, ``(C, N)``, and both ``x`` and ``x^T`` are
+    stored contiguously: every product then reads its operands in memory order and the softmax
+    reduces over the short class axis across contiguous columns (several times faster on a CPU
+    than the sample-major layout for small C).
     """
     n, d = x.shape
-    w = torch.zeros(d, n_classes, dtype=x.dtype, device=x.device)
-    b = torch.zeros(n_classes, dtype=x.dtype, device=x.device)
-    rows = torch.arange(n, device=x.device)
+    xt = x.T.contiguous()  # (D, N)
+    wt = torch.zeros(n_classes, d, dtype=x.dtype, device=x.device)  # W^T
+    b = torch.zeros(n_classes, 1, dtype=x.dtype, device=x.device)
+    cols = torch.arange(n, device=x.device)
 
     def closure() -> Tensor:
-        logp = torch.log_softmax(torch.addmm(b, x, w), 1)  # (N, C)
-        loss = -logp[rows, y].mean() + 0.5 * l2 * (w * w).sum()
+        logp = torch.log_softmax(torch.addmm(b, wt, xt), 0)  # (C, N)
+        loss = -logp[y, cols].mean() + 0.5 * l2 * (wt * wt).sum()
         grad = logp.exp_()  # softmax probabilities, in place
-        grad[rows, y] -= 1.0
-        grad /= n  # d loss / d logits
-        w.grad = torch.addmm(w, x.T, grad, beta=l2)  # x^T grad + l2 w
-        b.grad = grad.sum(0)
+        grad[y, cols] -= 1.0
+        grad /= n  # d loss / d logits, (C, N)
+        wt.grad = torch.addmm(wt, grad, x, beta=l2)  # grad x + l2 W^T
+        b.grad = grad.sum(1, keepdim=True)
         return loss
 
     opt = torch.optim.LBFGS(
-        [w, b],
+        [wt, b],
         lr=1.0,
         max_iter=max_iter,
         history_size=10,
@@ -93,7 +97,7 @@ def _fit_softmax(
     )
     with torch.no_grad():
         opt.step(closure)
-    return w, b
+    return wt.T, b.squeeze(1)
 
 
 def _standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
