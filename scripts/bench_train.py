@@ -198,9 +198,8 @@ def main() -> None:
         images = dataset.train.images[torch.randperm(len(dataset.train))[: args.images]]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"device: {name} | torch {torch.__version__} | {len(images)} images | batch "
-        f"{args.batch_size} "
-        f"| {args.workers} workers"
+        f"device: {name} | torch {torch.__version__} | {len(images)} images | "
+        f"batch {args.batch_size} | {args.workers} workers"
     )
 
     results = {
@@ -262,9 +261,9 @@ def main() -> None:
         sync(device)
         eval_s = time.perf_counter() - start
         print(
-            f"one training epoch ({len(dataset.train)} images): {epoch_s:.1f} s | one full "
-            f"evaluation "
-            f"({len(dataset.test)} test, {len(dataset.train)} probe-train): {eval_s:.1f} s | "
+            f"one training epoch ({len(dataset.train)} images): {epoch_s:.1f} s | "
+            f"one full evaluation ({len(dataset.test)} test, {len(dataset.train)} probe-train): "
+            f"{eval_s:.1f} s | "
             f"ratio {eval_s / epoch_s:.2f}"
         )
         results.update(epoch_s=epoch_s, eval_s=eval_s, eval_metrics=metrics)

@@ -1,5 +1,4 @@
-"""Shared fixtures: the real Hydra configs composed with overrides, tiny training settings, "
-"real data."""
+"""Shared fixtures: real Hydra configs composed with overrides, tiny settings, real data."""
 
 from __future__ import annotations
 
@@ -46,8 +45,7 @@ def tiny() -> list[str]:
 
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory) -> Path:
-    """The real CIFAR-10 JPEG archive extracted once (ImageFolder layout), or skip naming the "
-    "path tried."""
+    """The real CIFAR-10 JPEG archive extracted once (ImageFolder layout), or skip naming it."""
     if not CIFAR_ARCHIVE.is_file():
         pytest.skip(
             f"CIFAR-10 archive not found at {CIFAR_ARCHIVE} (set LABELFREE_CIFAR10_ARCHIVE)"

@@ -1,5 +1,4 @@
-"""Every method x arch composes from the shipped YAML and takes one optimizer step on a tiny "
-"batch."""
+"""Every method x arch composes from the shipped YAML and takes one step on a tiny batch."""
 
 import pytest
 import torch

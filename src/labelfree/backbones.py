@@ -1,10 +1,8 @@
 """Encoders (backbones) that map images to a flat feature vector.
 
 Registry: ``ARCHS[name]`` builds ``(module, feature_dim)``; the keys of ``conf/arch/<name>.yaml``
-other
-than ``name`` are its keyword arguments, next to ``in_channels`` and ``image_size`` from the data
-config.
-Every backbone returns (B, feature_dim) features: the classifier is removed.
+other than ``name`` are its keyword arguments, next to ``in_channels`` and ``image_size`` from the
+data config. Every backbone returns (B, feature_dim) features: the classifier is removed.
 """
 
 from __future__ import annotations

@@ -40,9 +40,8 @@ def load_checkpoint(
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # torch raises several types for a damaged file
         raise ValueError(
-            f"Checkpoint {path} is unreadable ({type(err).__name__}: {err}). Delete it to start "
-            f"the run "
-            f"over (metrics.jsonl is kept), or pass resume=<another last.pt>."
+            f"Checkpoint {path} is unreadable ({type(err).__name__}: {err}). Delete it to "
+            f"start the run over (metrics.jsonl is kept), or pass resume=<another last.pt>."
         ) from None
     missing = {"model", "optimizer", "epoch", "step", "config"} - set(state)
     if missing:

@@ -18,6 +18,7 @@ import tarfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,8 @@ def balanced_subset(labels: np.ndarray, per_class: int | None, *, seed: int) -> 
         if len(members) < per_class:
             raise ValueError(
                 f"Class {c} has only {len(members)} samples but {per_class} per class were "
-                f"requested: "
-                f"lower data.train_per_class / data.test_per_class to at most {len(members)}."
+                f"requested: lower data.train_per_class / data.test_per_class to at most "
+                f"{len(members)}."
             )
         chosen.append(rng.choice(members, size=per_class, replace=False))
     return np.sort(np.concatenate(chosen))
@@ -141,16 +142,30 @@ def load_digits(
     return train, test, [str(d) for d in range(10)]
 
 
-def _load_torchvision_cifar(
-    dataset_cls: Callable,
+def load_cifar(
     *,
-    root: str,
-    download: bool,
-    image_size: int,
-    split_seed: int,
-    train_per_class: int | None,
-    test_per_class: int | None,
+    variant: str = "CIFAR10",
+    root: str = "data",
+    download: bool = False,
+    image_size: int = 32,
+    split_seed: int = 0,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
 ) -> tuple[Split, Split, list[str]]:
+    """CIFAR-10 or CIFAR-100 through torchvision (50,000 train / 10,000 test 32x32 colour images).
+
+    Args:
+        variant: ``CIFAR10`` (10 classes) or ``CIFAR100`` (100 classes): the torchvision class.
+        root: folder holding (or receiving, with ``download``) the torchvision files.
+        download: fetch the files when missing (needs internet).
+        image_size: side length after resizing (32 keeps the originals).
+        split_seed: seed of the class-balanced subsets.
+        train_per_class: training images per class (None: all).
+        test_per_class: test images per class (None: all).
+    """
+    import torchvision.datasets
+
+    dataset_cls = getattr(torchvision.datasets, variant)
     splits = []
     for train, per_class, seed in (
         (True, train_per_class, split_seed),
@@ -160,58 +175,12 @@ def _load_torchvision_cifar(
             ds = dataset_cls(root=str(Path(root).expanduser()), train=train, download=download)
         except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
             raise FileNotFoundError(
-                f"{dataset_cls.__name__} not found under data.root={root} ({err}). "
-                f"Set data.download=true to download it there, or data.root=<folder that holds it>."
+                f"{variant} not found under data.root={root} ({err}). Set data.download=true "
+                f"to download it there, or data.root=<folder that holds it>."
             ) from None
         images = _resize(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), image_size)
         splits.append(_split(images, np.asarray(ds.targets, dtype=np.int64), per_class, seed))
     return splits[0], splits[1], list(ds.classes)
-
-
-def load_cifar10(
-    *,
-    root: str = "data",
-    download: bool = False,
-    image_size: int = 32,
-    split_seed: int = 0,
-    train_per_class: int | None = None,
-    test_per_class: int | None = None,
-) -> tuple[Split, Split, list[str]]:
-    """CIFAR-10 through torchvision (50,000 train / 10,000 test 32x32 colour images, 10 classes)."""
-    from torchvision.datasets import CIFAR10
-
-    return _load_torchvision_cifar(
-        CIFAR10,
-        root=root,
-        download=download,
-        image_size=image_size,
-        split_seed=split_seed,
-        train_per_class=train_per_class,
-        test_per_class=test_per_class,
-    )
-
-
-def load_cifar100(
-    *,
-    root: str = "data",
-    download: bool = False,
-    image_size: int = 32,
-    split_seed: int = 0,
-    train_per_class: int | None = None,
-    test_per_class: int | None = None,
-) -> tuple[Split, Split, list[str]]:
-    """CIFAR-100 through torchvision (50,000 train / 10,000 test 32x32 images, 100 classes)."""
-    from torchvision.datasets import CIFAR100
-
-    return _load_torchvision_cifar(
-        CIFAR100,
-        root=root,
-        download=download,
-        image_size=image_size,
-        split_seed=split_seed,
-        train_per_class=train_per_class,
-        test_per_class=test_per_class,
-    )
 
 
 def extract_archive(archive: str | Path, dest: str | Path) -> Path:
@@ -301,8 +270,8 @@ def load_imagefolder(
 
 DATASETS: dict[str, Callable[..., tuple[Split, Split, list[str]]]] = {
     "digits": load_digits,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
+    "cifar10": partial(load_cifar, variant="CIFAR10"),
+    "cifar100": partial(load_cifar, variant="CIFAR100"),
     "imagefolder": load_imagefolder,
 }
 
@@ -324,8 +293,7 @@ def build_dataset(cfg: Mapping) -> Dataset:
     if dataset.channels != cfg["channels"]:
         raise ValueError(
             f"data.channels={cfg['channels']} but {name} images have {dataset.channels} "
-            f"channel(s): "
-            f"set data.channels={dataset.channels}."
+            f"channel(s): set data.channels={dataset.channels}."
         )
     if dataset.num_classes != cfg["num_classes"]:
         raise ValueError(
@@ -384,8 +352,8 @@ class ViewLoader:
     Under DDP (``world_size > 1``) ``batch_size`` is the global batch: every rank draws the same
     permutation from the epoch's generator and takes its ``batch_size // world_size`` slice of
     each global batch, so all ranks run ``len(self)`` steps and together see each image once per
-    epoch; the view augmentations of a rank come from a generator derived from the epoch's and
-    the rank.
+    epoch; the view augmentations of a rank come from a generator derived from the epoch's and the
+    rank.
 
     Args:
         images: (N, C, H, W) uint8 training images.

@@ -2,8 +2,7 @@
 
 At each scheduled epoch the backbone (eval mode, no augmentation) embeds the labelled test split
 (and the labelled train split for the probe and kNN references), and
-:func:`labelfree.metrics.compute_metrics`
-turns the embeddings into the DESIGN.md record keys.
+:func:`labelfree.metrics.compute_metrics` turns the embeddings into the DESIGN.md record keys.
 """
 
 from __future__ import annotations

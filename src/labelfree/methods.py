@@ -1,15 +1,14 @@
 """SSL methods: one small class per method, built from lightly's heads, losses, momentum utils.
 
 A method answers two questions for the shared training loop in :mod:`labelfree.train`: the loss
-for a
-list of augmented views, and the features of a batch for evaluation. Methods with a momentum (EMA)
-encoder list their (online, target) module pairs in :meth:`SSLMethod.momentum_pairs`; the base class
-updates them after each optimizer step, so the loop never asks which method it runs.
+for a list of augmented views, and the features of a batch for evaluation. Methods with a momentum
+(EMA) encoder derive from :class:`MomentumSSLMethod`, which updates the targets after each optimizer
+step, so the loop never asks which method it runs.
 
 Registry: ``METHODS[name]``; ``conf/method/<name>.yaml`` holds the class's keyword arguments plus
-the
-reserved keys ``name``, ``optimizer`` (read by the trainer) and ``views`` (per-view augmentation
-overrides). Defaults follow each paper's CIFAR setting; deviations are stated in the docstrings.
+the reserved keys ``name``, ``optimizer`` (read by the trainer) and ``views`` (per-view
+augmentation overrides). Defaults follow each paper's CIFAR setting; deviations are stated in the
+docstrings.
 """
 
 from __future__ import annotations
@@ -45,17 +44,11 @@ class SSLMethod(nn.Module):
     Args:
         backbone: encoder returning (B, dim) features.
         dim: feature dimension of the backbone.
-        momentum: EMA coefficient of target networks at the start of training (if any).
-        momentum_end: EMA coefficient at the end; between them a cosine schedule (BYOL, Grill et
-        al. 2020).
     """
 
-    def __init__(
-        self, backbone: nn.Module, dim: int, *, momentum: float = 0.99, momentum_end: float = 1.0
-    ):
+    def __init__(self, backbone: nn.Module, dim: int):
         super().__init__()
         self.backbone, self.dim = backbone, dim
-        self.momentum, self.momentum_end = momentum, momentum_end
         self.projector: nn.Module = nn.Identity()
 
     def embed(self, x: Tensor) -> Tensor:
@@ -74,18 +67,49 @@ class SSLMethod(nn.Module):
         """The SSL loss of a batch given as a list of augmented views, each (B, C, H, W)."""
         raise NotImplementedError
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Called after each optimizer step; nothing to do by default."""
+
+
+class MomentumSSLMethod(SSLMethod):
+    """A method with an EMA target network: frozen copies of the backbone and projector.
+
+    Subclasses build ``self.projector`` and then call :meth:`init_targets`. After every optimizer
+    step the targets move towards the online network with a momentum that follows a cosine schedule
+    from ``momentum`` to ``momentum_end`` (BYOL, Grill et al. 2020; constant when they are equal, as
+    in MoCo).
+
+    Args:
+        backbone: encoder returning (B, dim) features.
+        dim: feature dimension of the backbone.
+        momentum: EMA coefficient at the start of training.
+        momentum_end: EMA coefficient at the end of training.
+    """
+
+    def __init__(self, backbone: nn.Module, dim: int, *, momentum: float, momentum_end: float):
+        super().__init__(backbone, dim)
+        self.momentum, self.momentum_end = momentum, momentum_end
+
+    def init_targets(self) -> None:
+        """Create the frozen target copies of the (already built) backbone and projector."""
+        self.backbone_target = _frozen_copy(self.backbone)
+        self.projector_target = _frozen_copy(self.projector)
+
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(online, target) pairs updated by EMA after each optimizer step; none by default."""
-        return []
+        """(online, target) pairs updated by EMA; subclasses extend it as ``super() + [...]``."""
+        return [(self.backbone, self.backbone_target), (self.projector, self.projector_target)]
+
+    @torch.no_grad()
+    def target(self, x: Tensor) -> Tensor:
+        """Target-network projection of a view (no gradient)."""
+        return self.projector_target(self.backbone_target(x).flatten(start_dim=1))
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
-        """Update EMA targets with the momentum of the cosine schedule at ``step``."""
-        pairs = self.momentum_pairs()
-        if pairs:
-            m = cosine_schedule(step, max(total_steps, 1), self.momentum, self.momentum_end)
-            for online, target in pairs:
-                update_momentum(online, target, m=m)
+        """Move every target towards its online module with the momentum scheduled at ``step``."""
+        m = cosine_schedule(step, max(total_steps, 1), self.momentum, self.momentum_end)
+        for online, target in self.momentum_pairs():
+            update_momentum(online, target, m=m)
 
 
 def _persist_buffers(module: nn.Module) -> None:
@@ -137,18 +161,17 @@ class SimCLR(SSLMethod):
         return self.criterion(z0, z1)
 
 
-class MoCoV2(SSLMethod):
+class MoCoV2(MomentumSSLMethod):
     """MoCo v2: InfoNCE against a momentum key encoder and a queue (memory bank) of negatives.
 
-    Defaults for CIFAR: 2-layer MLP projector to 128-d, temperature 0.1, queue 4,096, momentum 0.99
-    held constant (``momentum_end=0.99``). The loss is symmetrised over the two views, as in
-    lightly's
-    benchmarks; the original is one-directional. Single-process shuffle-BN is omitted.
+    Defaults for CIFAR: 2-layer MLP projector to 128-d, temperature 0.1, queue 4,096, momentum
+    0.99 held constant (``momentum_end=0.99``). The loss is symmetrised over the two views, as in
+    lightly's benchmarks; the original is one-directional. Single-process shuffle-BN is omitted.
 
     References:
         He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020,
-        arXiv:1911.05722. Chen et al., "Improved Baselines with Momentum Contrastive Learning",
-        2020,
+        arXiv:1911.05722.
+        Chen et al., "Improved Baselines with Momentum Contrastive Learning", 2020,
         arXiv:2003.04297.
     """
 
@@ -167,10 +190,7 @@ class MoCoV2(SSLMethod):
     ):
         super().__init__(backbone, dim, momentum=momentum, momentum_end=momentum_end)
         self.projector = MoCoProjectionHead(dim, hidden_dim or dim, out_dim)
-        self.backbone_target, self.projector_target = (
-            _frozen_copy(backbone),
-            _frozen_copy(self.projector),
-        )
+        self.init_targets()
         self.criterion = NTXentLoss(
             temperature=temperature,
             memory_bank_size=(memory_bank_size, out_dim),
@@ -178,18 +198,10 @@ class MoCoV2(SSLMethod):
         )
         _persist_buffers(self.criterion.memory_bank)
 
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """Online backbone/projector and their momentum copies."""
-        return [(self.backbone, self.backbone_target), (self.projector, self.projector_target)]
-
-    def _key(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return self.projector_target(self.backbone_target(x).flatten(start_dim=1))
-
     def loss(self, views: list[Tensor]) -> Tensor:
         """Symmetrised InfoNCE of each view's query against the other view's key and the queue."""
         q0, q1 = (self.projector(self.embed(v)) for v in views)
-        k0, k1 = (self._key(v) for v in views)
+        k0, k1 = (self.target(v) for v in views)
         return 0.5 * (self.criterion(q0, k1) + self.criterion(q1, k0))
 
 
@@ -197,8 +209,7 @@ class SimSiam(SSLMethod):
     """SimSiam: symmetric negative cosine similarity with a predictor and stop-gradient.
 
     Defaults follow the paper's CIFAR-10 setting: 2,048-d projector output, predictor bottleneck
-    512.
-    lightly's projection head has three layers (the ImageNet variant); the CIFAR variant has two.
+    512. lightly's projection head has three layers (the ImageNet variant); the CIFAR one has two.
 
     References:
         Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021, arXiv:2011.10566.
@@ -219,12 +230,12 @@ class SimSiam(SSLMethod):
         return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
 
 
-class BYOL(SSLMethod):
+class BYOL(MomentumSSLMethod):
     """BYOL: an online network predicts a momentum target network's projection of the other view.
 
     Defaults: projector 4,096 hidden / 256 out, predictor 4,096 hidden, target momentum 0.99
-    rising to
-    1 with a cosine schedule (the CIFAR value used by solo-learn; the paper uses 0.996 on ImageNet).
+    rising to 1 with a cosine schedule (the CIFAR value used by solo-learn; the paper uses 0.996 on
+    ImageNet).
 
     References:
         Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020, arXiv:2006.07733.
@@ -243,24 +254,13 @@ class BYOL(SSLMethod):
         super().__init__(backbone, dim, momentum=momentum, momentum_end=momentum_end)
         self.projector = BYOLProjectionHead(dim, hidden_dim, out_dim)
         self.predictor = BYOLPredictionHead(out_dim, hidden_dim, out_dim)
-        self.backbone_target, self.projector_target = (
-            _frozen_copy(backbone),
-            _frozen_copy(self.projector),
-        )
+        self.init_targets()
         self.criterion = NegativeCosineSimilarity()
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """Online backbone/projector and their momentum targets."""
-        return [(self.backbone, self.backbone_target), (self.projector, self.projector_target)]
-
-    def _target(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return self.projector_target(self.backbone_target(x).flatten(start_dim=1))
 
     def loss(self, views: list[Tensor]) -> Tensor:
         """Symmetric negative cosine similarity of online predictions against target projections."""
         p0, p1 = (self.predictor(self.projector(self.embed(v))) for v in views)
-        t0, t1 = (self._target(v) for v in views)
+        t0, t1 = (self.target(v) for v in views)
         return 0.5 * (self.criterion(p0, t1) + self.criterion(p1, t0))
 
 

@@ -62,8 +62,8 @@ class RunDir:
                     log.warning("Dropping a truncated last line of %s", self.metrics_path)
                     continue
                 raise ValueError(
-                    f"{self.metrics_path} line {i + 1} is not valid JSON: repair or remove that "
-                    f"line."
+                    f"{self.metrics_path} line {i + 1} is not valid JSON: "
+                    f"repair or remove that line."
                 ) from None
         return records
 

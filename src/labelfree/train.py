@@ -5,14 +5,10 @@
     labelfree-train --cfg job                           # print the composed config
 
 One shared epoch loop for every method: views -> ``method.loss`` -> optimizer step ->
-``method.on_step_end``.
-Epoch 0 (the random initialisation) is evaluated before training. After every epoch the checkpoint
-is
-written atomically, then the scheduled evaluation is appended to ``metrics.jsonl``; a relaunch
-into the
-same run directory (or ``resume=PATH``) continues from the last finished epoch and writes exactly
-the
-records an uninterrupted run would.
+``method.on_step_end``. Epoch 0 (the random initialisation) is evaluated before training. After
+every epoch the checkpoint is written atomically, then the scheduled evaluation is appended to
+``metrics.jsonl``; a relaunch into the same run directory (or ``resume=PATH``) continues from the
+last finished epoch and writes exactly the records an uninterrupted run would.
 """
 
 from __future__ import annotations

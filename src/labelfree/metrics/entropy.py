@@ -205,18 +205,24 @@ def gaussian_entropy(x: Tensor | np.ndarray) -> float:
     return float(0.5 * (d * math.log(2 * math.pi * math.e) + logdet)) / _LN2
 
 
-def _project_2d(x: Tensor, projection: str, seed: int) -> Tensor:
-    if x.shape[1] <= 2:
-        return x if x.shape[1] == 2 else torch.cat([x, torch.zeros_like(x)], 1)
-    if projection == "pca":
-        return _pca(x, 2)
+def import_umap():
+    """The optional ``umap`` module, or a ValueError saying how to install it."""
     try:
-        import umap  # optional extra
+        import umap
     except ImportError as err:
         raise ValueError(
             "metrics.entropy.projection='umap' needs the optional umap-learn package: "
             "pip install labelfree[umap] (or set metrics.entropy.projection=pca)."
         ) from err
+    return umap
+
+
+def _project_2d(x: Tensor, projection: str, seed: int) -> Tensor:
+    if x.shape[1] <= 2:
+        return x if x.shape[1] == 2 else torch.cat([x, torch.zeros_like(x)], 1)
+    if projection == "pca":
+        return _pca(x, 2)
+    umap = import_umap()
     reducer = umap.UMAP(n_components=2, random_state=seed)
     emb = reducer.fit_transform(x.cpu().numpy())  # UMAP runs on the CPU only
     return torch.from_numpy(np.asarray(emb, dtype=np.float32)).to(x.device)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from labelfree.metrics._checks import as_embeddings, as_labels
 from labelfree.metrics.clustering import kmeans, kmeans_agreement, kmeans_gt_ami, silhouette
-from labelfree.metrics.entropy import ESTIMATORS, PROJECTIONS, SPACES, entropy
+from labelfree.metrics.entropy import ESTIMATORS, PROJECTIONS, SPACES, entropy, import_umap
 from labelfree.metrics.probe import fewshot_probe_acc, knn_acc, linear_probe_acc
 from labelfree.metrics.spectral import alpha_req, nesum, rankme, uniformity
 
@@ -309,13 +309,7 @@ def check_metrics_config(
         if ent.get("estimator", "histogram") == "knn" and ent.get("k", 3) >= n_samples:
             _fail("entropy.k", ent.get("k", 3), f"must be smaller than N ({n_samples})")
         if ent.get("estimator", "histogram") == "histogram" and ent.get("projection") == "umap":
-            try:
-                import umap  # noqa: F401
-            except ImportError as err:
-                raise ValueError(
-                    "metrics.entropy.projection='umap' needs the optional umap-learn package: "
-                    "pip install labelfree[umap] (or set metrics.entropy.projection=pca)."
-                ) from err
+            import_umap()
     if "knn_acc" in active and n_train is not None:
         k_knn = cfg.get("knn_acc", {}).get("k", 20)
         if k_knn > n_train:
