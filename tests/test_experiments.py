@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from labelfree.evaluation import eval_epochs
 from labelfree.reproduce import list_experiments, plan_sweep
 
-EXPERIMENTS = ["cross_arch", "demo", "paper_cifar10", "paper_cifar100"]
+EXPERIMENTS = ["cifar10_cpu", "cross_arch", "demo", "paper_cifar10", "paper_cifar100"]
 PAPER_METHODS = {"simsiam", "simclr", "moco_v2"}
 
 

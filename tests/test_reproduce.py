@@ -41,7 +41,7 @@ def test_arguments_are_split_between_sweep_analysis_and_own_keys():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["experiment=nope"], "Unknown experiment 'nope'. Choose one of: cross_arch, demo"),
+        (["experiment=nope"], "Unknown experiment 'nope'. Choose one of: cifar10_cpu, cross_arch"),
         (["--cfg"], "is not key=value"),
         (["train=maybe"], "train=maybe is not a boolean"),
     ],
