@@ -186,8 +186,7 @@ def load_cifar(
 def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     """Extract a .tar/.tar.gz archive into ``dest`` once (a marker file records completion).
 
-    Returns the folder that holds ``train/`` and ``test/``: ``dest`` itself or its single top
-    folder.
+    Returns the folder that holds ``train/`` and ``test/``: ``dest`` or its single top folder.
     """
     archive, dest = Path(archive).expanduser(), Path(dest).expanduser()
     marker = dest / ".extracted"
@@ -345,21 +344,21 @@ class ViewLoader:
     ``backend="batched"`` keeps the uint8 images on the training device and augments whole batches
     there with per-sample random parameters (:class:`labelfree.augment.ViewAugmentation`).
     ``backend="lightly"`` is the usual recipe: lightly's per-image PIL transforms in DataLoader
-    workers.
-    Both draw everything (batch order, augmentation parameters, worker seeds) from the epoch's
-    generator, so an epoch replays exactly from its seed. The last incomplete batch is dropped.
+    workers. Both draw everything (batch order, augmentation parameters, worker seeds) from the
+    epoch's generator, so an epoch replays exactly from its seed. The last incomplete batch is
+    dropped.
 
     Under DDP (``world_size > 1``) ``batch_size`` is the global batch: every rank draws the same
     permutation from the epoch's generator and takes its ``batch_size // world_size`` slice of
     each global batch, so all ranks run ``len(self)`` steps and together see each image once per
-    epoch; the view augmentations of a rank come from a generator derived from the epoch's and the
-    rank.
+    epoch; the view augmentations of a rank come from a generator derived from the epoch's and
+    the rank.
 
     Args:
         images: (N, C, H, W) uint8 training images.
         augment: ``data.augment``: lightly transform parameters shared by all views.
         per_view: ``method.views``: one dict of overrides per view (e.g. BYOL's asymmetric
-        solarization).
+            solarization).
         batch_size: images per step.
         backend: ``batched`` or ``lightly``.
         device: training device.

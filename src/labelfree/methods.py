@@ -136,9 +136,8 @@ class SimCLR(SSLMethod):
     setting).
 
     References:
-        Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML
-        2020,
-        arXiv:2002.05709 (Appendix B.9 for CIFAR-10).
+        Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
+        ICML 2020, arXiv:2002.05709 (Appendix B.9 for CIFAR-10).
     """
 
     def __init__(
@@ -271,9 +270,8 @@ class BarlowTwins(SSLMethod):
     off-diagonal weight lambda = 5e-3.
 
     References:
-        Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction", ICML
-        2021,
-        arXiv:2103.03230.
+        Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
+        ICML 2021, arXiv:2103.03230.
     """
 
     def __init__(
@@ -304,8 +302,7 @@ class VICReg(SSLMethod):
 
     References:
         Bardes, Ponce, LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
-        Self-Supervised
-        Learning", ICLR 2022, arXiv:2105.04906.
+        Self-Supervised Learning", ICLR 2022, arXiv:2105.04906.
     """
 
     def __init__(
