@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -55,3 +57,27 @@ def cifar10_root(tmp_path_factory) -> Path:
         tar.extractall(dest, filter="data")
     roots = [p.parent for p in dest.rglob("train") if p.is_dir()]
     return roots[0]
+
+
+@pytest.fixture(scope="session")
+def run_module():
+    """Run ``python -m MODULE ARGS`` in ``cwd`` as a user would (unbuffered, Hydra's short errors).
+
+    Returns the CompletedProcess; with ``check=True`` a non-zero exit fails with the output.
+    """
+
+    def _run(module: str, *args: str, cwd, timeout: int = 300, check: bool = False):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode:
+            raise AssertionError(proc.stdout + proc.stderr)
+        return proc
+
+    return _run

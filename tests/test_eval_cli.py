@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,9 @@ def files(tmp_path):
     return tmp_path, z, y
 
 
-def _cli(cwd, *overrides):
-    return subprocess.run(
-        [sys.executable, "-m", "labelfree.eval", *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+@pytest.fixture
+def eval_cli(run_module):
+    return partial(run_module, "labelfree.eval")
 
 
 def _compose(*overrides):
@@ -49,9 +45,9 @@ def _compose(*overrides):
         return compose("eval", overrides=list(overrides))
 
 
-def test_cli_without_labels_writes_label_free_keys_only(files):
+def test_cli_without_labels_writes_label_free_keys_only(eval_cli, files):
     tmp, z, _ = files
-    proc = _cli(tmp, "embeddings=z.npy", "metrics.kmeans.k=4", "output=out/m.json")
+    proc = eval_cli("embeddings=z.npy", "metrics.kmeans.k=4", "output=out/m.json", cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp / "out" / "m.json").read_text())
     assert list(result) == ["lf/silhouette", "lf/kmeans_agreement", "lf/entropy", "eval_s"]
@@ -63,9 +59,9 @@ def test_cli_without_labels_writes_label_free_keys_only(files):
         assert result[key] == pytest.approx(value, abs=1e-12)
 
 
-def test_cli_with_labels_adds_label_keys(files):
+def test_cli_with_labels_adds_label_keys(eval_cli, files):
     tmp, z, y = files
-    proc = _cli(tmp, "embeddings=z.npy", "labels=y.npy", "output=m.json")
+    proc = eval_cli("embeddings=z.npy", "labels=y.npy", "output=m.json", cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp / "m.json").read_text())
     # no train split: the probe is skipped, AMI to the labels is there
@@ -79,9 +75,9 @@ def test_cli_with_labels_adds_label_keys(files):
     assert 0.9 < result["sup/kmeans_gt_ami"] <= 1.0
 
 
-def test_cli_reports_config_errors_in_one_line(files):
+def test_cli_reports_config_errors_in_one_line(eval_cli, files):
     tmp, _, _ = files
-    proc = _cli(tmp, "embeddings=z.npy")  # no labels and kmeans.k=null
+    proc = eval_cli("embeddings=z.npy", cwd=tmp)  # no labels and kmeans.k=null
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "labelfree-eval: error: metrics.kmeans.k=null means 'the number of classes', but no "
@@ -133,7 +129,7 @@ def test_format_table_writes_nan():
 
 
 @pytest.mark.slow
-def test_checkpoint_branch(tmp_path):
+def test_checkpoint_branch(eval_cli, tmp_path):
     """labelfree-train writes a tiny run; labelfree-eval re-embeds its checkpoint."""
     evaluation = pytest.importorskip("labelfree.evaluation")
     if not hasattr(evaluation, "embed_checkpoint"):
@@ -146,13 +142,15 @@ def test_checkpoint_branch(tmp_path):
     assert train.returncode == 0, train.stderr[-2000:]
     (ckpt,) = tmp_path.glob("runs/*/checkpoints/last.pt")
     records = [json.loads(line) for line in (ckpt.parents[1] / "metrics.jsonl").open()]
-    proc = _cli(tmp_path, f"checkpoint={ckpt}", "output=m.json", "device=cpu")
+    proc = eval_cli(f"checkpoint={ckpt}", "output=m.json", "device=cpu", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "m.json").read_text())
     # the run's own metrics config and seed: the same values as the run's last record
     for key, value in result.items():
         if key != "eval_s":
             assert value == pytest.approx(records[-1][key], abs=1e-6), key
-    full = _cli(tmp_path, f"checkpoint={ckpt}", "output=full.json", "device=cpu", "metrics=full")
+    full = eval_cli(
+        f"checkpoint={ckpt}", "output=full.json", "device=cpu", "metrics=full", cwd=tmp_path
+    )
     assert full.returncode == 0, full.stderr
     assert len(json.loads((tmp_path / "full.json").read_text())) == 12

@@ -1,9 +1,7 @@
 """Every experiment config composes, as a job and as a sweep, and says what the brief asks."""
 
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 from importlib import resources
 
 import pytest
@@ -116,24 +114,17 @@ def test_sweep_over_a_key_missing_from_run_name_is_refused(tmp_path):
         plan_sweep("demo", [f"paths.output_dir={tmp_path}", "seed=0", "trainer.batch_size=64,128"])
 
 
-def test_bad_override_fails_before_training(tmp_path):
+def test_bad_override_fails_before_training(train_cli, tmp_path):
     with pytest.raises(ValueError, match="trainer.epoch"):
         plan_sweep("demo", [f"paths.output_dir={tmp_path}", "trainer.epoch=3"])
 
 
-def train_cli(*args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "labelfree.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+@pytest.fixture
+def train_cli(run_module):
+    return partial(run_module, "labelfree.train")
 
 
-def test_cfg_job_prints_the_experiment(tmp_path):
+def test_cfg_job_prints_the_experiment(train_cli, tmp_path):
     proc = train_cli("experiment=demo", "--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     cfg = OmegaConf.create(proc.stdout)
@@ -142,7 +133,7 @@ def test_cfg_job_prints_the_experiment(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_over_every_experiment_file(tmp_path):
+def test_multirun_over_every_experiment_file(train_cli, tmp_path):
     """LHT's `-m experiment=glob(*)`: each file composes through the real multirun path.
 
     `trainer.epochs=0` stops every job at the first check of `train` (before any data is loaded):

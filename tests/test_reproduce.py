@@ -2,9 +2,7 @@
 
 import doctest
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 
 import pandas as pd
 import pytest
@@ -124,25 +122,18 @@ def test_failed_and_missing_runs_are_reported_and_the_rest_analysed(tmp_path, ca
     assert (output / "reproduce.log").read_text().count("is failed: ValueError: boom") == 1
 
 
-def test_no_run_directory_is_an_error(tmp_path):
+def test_no_run_directory_is_an_error(reproduce_cli, tmp_path):
     with pytest.raises(ValueError, match="train=false: run the sweep first"):
         reproduce("demo", [f"paths.output_dir={tmp_path}"], output=tmp_path / "o", train=False)
 
 
-def reproduce_cli(*args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "labelfree.reproduce", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+@pytest.fixture
+def reproduce_cli(run_module):
+    return partial(run_module, "labelfree.reproduce", timeout=600)
 
 
 @pytest.mark.slow
-def test_tiny_demo_end_to_end_then_resumed(tmp_path):
+def test_tiny_demo_end_to_end_then_resumed(reproduce_cli, tmp_path):
     args = [
         *TINY,
         f"paths.output_dir={tmp_path / 'outputs'}",

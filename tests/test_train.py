@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
 
@@ -27,19 +28,9 @@ RECORD_KEYS = {
 TIMING_KEYS = {"wall_s", "eval_s"}
 
 
-def cli(*args, cwd, timeout=300, check=False):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "labelfree.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode:
-        raise AssertionError(proc.stdout + proc.stderr)
-    return proc
+@pytest.fixture
+def cli(run_module):
+    return partial(run_module, "labelfree.train")
 
 
 def read_jsonl(path):
@@ -70,7 +61,7 @@ def test_two_epochs_write_valid_records(compose_train, tiny, tmp_path, method):
 
 
 @pytest.mark.slow
-def test_interrupted_then_resumed_run_writes_identical_records(tmp_path):
+def test_interrupted_then_resumed_run_writes_identical_records(cli, tmp_path):
     args = [
         "trainer.epochs=5",
         "eval.schedule=every:1",
@@ -130,7 +121,7 @@ def test_interrupted_then_resumed_run_writes_identical_records(tmp_path):
         (["eval.schedule=weekly"], "eval.schedule='weekly'"),
     ],
 )
-def test_bad_input_stops_at_startup_with_one_line(tmp_path, overrides, message):
+def test_bad_input_stops_at_startup_with_one_line(cli, tmp_path, overrides, message):
     proc = cli(*overrides, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 1
     assert message in proc.stdout + proc.stderr
@@ -139,7 +130,7 @@ def test_bad_input_stops_at_startup_with_one_line(tmp_path, overrides, message):
 
 
 @pytest.mark.slow
-def test_unknown_group_option_lists_choices(tmp_path):
+def test_unknown_group_option_lists_choices(cli, tmp_path):
     proc = cli("method=simclar", cwd=tmp_path)
     assert proc.returncode != 0
     assert "Could not find 'method/simclar'" in proc.stderr
@@ -157,7 +148,7 @@ def test_nan_loss_marks_run_diverged_and_keeps_records(compose_train, tiny, tmp_
 
 
 @pytest.mark.slow
-def test_cfg_job_prints_composed_config(tmp_path):
+def test_cfg_job_prints_composed_config(cli, tmp_path):
     proc = cli("--cfg", "job", "method=byol", cwd=tmp_path, check=True)
     assert "name: byol" in proc.stdout
     assert "schedule:" in proc.stdout
