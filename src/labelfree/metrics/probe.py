@@ -59,35 +59,55 @@ def _splits(train_x, train_y, x, y) -> tuple[Tensor, Tensor, Tensor, Tensor, int
     return tx, ty_m, ex, ey_m, int(classes.numel())
 
 
+# Preconditioner damping, in units of the mean feature second moment: with delta = tr(S) / D
+# L-BFGS reached the objective of 100 plain iterations in about 50 (docs/metrics.md).
+_PRECOND_DAMPING = 1.0
+
+
 def _fit_softmax(
     x: Tensor, y: Tensor, n_classes: int, *, l2: float, max_iter: int
 ) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS: weights ``(D, C)``, bias ``(C,)``.
 
     Minimises ``mean_i CE(x_i W + b, y_i) + l2 / 2 ||W||_F^2`` (bias not penalised) with
-    analytic gradients. Logits are kept class-major, ``(C, N)``, and both ``x`` and ``x^T`` are
-    stored contiguously: every product then reads its operands in memory order and the softmax
-    reduces over the short class axis across contiguous columns (several times faster on a CPU
-    than the sample-major layout for small C).
+    analytic gradients, in preconditioned coordinates: with ``S = x^T x / N``,
+    ``delta = tr(S) / D`` and the Cholesky factor ``S + delta I = L L^T``, it optimises
+    ``V = L^T W`` on the features ``x L^{-T}``. The objective, and so its minimiser, is
+    unchanged (``x W = (x L^{-T}) V``, ``||W|| = ||L^{-T} V||``), but its curvature is far more
+    even across directions, so L-BFGS converges in about half the iterations on correlated
+    embeddings. Logits are kept class-major, ``(C, N)``, with the features stored both ways, so
+    every product reads its operands in memory order (several times faster on a CPU than the
+    sample-major layout for small C).
     """
     n, d = x.shape
-    xt = x.T.contiguous()  # (D, N)
-    wt = torch.zeros(n_classes, d, dtype=x.dtype, device=x.device)  # W^T
+    gram = x.T @ x / n
+    damping = _PRECOND_DAMPING * float(gram.diagonal().mean())
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    chol = torch.linalg.cholesky(gram + (damping if damping > 0 else 1.0) * eye)  # L
+    chol_t = chol.T.contiguous()
+    xt = torch.linalg.solve_triangular(chol, x.T, upper=False)  # (x L^{-T})^T, (D, N)
+    xp = xt.T.contiguous()  # (N, D)
+    vt = torch.zeros(n_classes, d, dtype=x.dtype, device=x.device)  # V^T
     b = torch.zeros(n_classes, 1, dtype=x.dtype, device=x.device)
     cols = torch.arange(n, device=x.device)
 
+    def weights(vt: Tensor) -> Tensor:
+        return torch.linalg.solve_triangular(chol_t, vt.T, upper=True)  # W = L^{-T} V, (D, C)
+
     def closure() -> Tensor:
-        logp = torch.log_softmax(torch.addmm(b, wt, xt), 0)  # (C, N)
-        loss = -logp[y, cols].mean() + 0.5 * l2 * (wt * wt).sum()
+        logp = torch.log_softmax(torch.addmm(b, vt, xt), 0)  # (C, N)
+        w = weights(vt)
+        loss = -logp[y, cols].mean() + 0.5 * l2 * (w * w).sum()
         grad = logp.exp_()  # softmax probabilities, in place
         grad[y, cols] -= 1.0
         grad /= n  # d loss / d logits, (C, N)
-        wt.grad = torch.addmm(wt, grad, x, beta=l2)  # grad x + l2 W^T
+        penalty = torch.linalg.solve_triangular(chol, w, upper=False).T  # d ||W||^2 / 2 dV
+        vt.grad = torch.addmm(penalty, grad, xp, beta=l2)
         b.grad = grad.sum(1, keepdim=True)
         return loss
 
     opt = torch.optim.LBFGS(
-        [wt, b],
+        [vt, b],
         lr=1.0,
         max_iter=max_iter,
         history_size=10,
@@ -97,7 +117,7 @@ def _fit_softmax(
     )
     with torch.no_grad():
         opt.step(closure)
-    return wt.T, b.squeeze(1)
+    return weights(vt), b.squeeze(1)
 
 
 def _standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
@@ -114,7 +134,7 @@ def linear_probe_acc(
     y: Tensor | np.ndarray,
     *,
     l2: float = 1e-4,
-    max_iter: int = 100,
+    max_iter: int = 50,
     standardize: bool = True,
 ) -> float:
     """Top-1 accuracy of a linear (softmax) probe trained on ``train_x`` and tested on ``x``.
@@ -122,7 +142,8 @@ def linear_probe_acc(
     Protocol: features standardised with the train split's mean and standard deviation
     (``standardize=True``), then multinomial logistic regression minimising
     ``mean_i CE(W x_i + b, y_i) + (l2 / 2) ||W||_F^2`` (bias unpenalised) by full-batch L-BFGS
-    (strong-Wolfe line search, history 10) for at most ``max_iter`` iterations from zero weights.
+    (strong-Wolfe line search, history 10, preconditioned by the features' second moments) for
+    at most ``max_iter`` iterations from zero weights.
     This is scikit-learn's ``LogisticRegression(C=1 / (l2 * n_train))`` objective; with the
     defaults it matches that model to within 1 accuracy point. Accuracy = fraction of
     ``argmax_c`` predictions equal to ``y``; test classes absent from the train split count as
@@ -255,7 +276,7 @@ def fewshot_probe_acc(
     fraction: float = 0.01,
     n_draws: int = 3,
     l2: float = 1e-2,
-    max_iter: int = 100,
+    max_iter: int = 50,
     seed: int = 0,
 ) -> float:
     """Accuracy of a linear probe trained on a small labelled fraction, mean of seeded draws.
