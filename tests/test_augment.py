@@ -15,7 +15,13 @@ from scipy import stats
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 import labelfree.augment as augment_module
-from labelfree.augment import JITTER_OPS, ViewAugmentation, build_views, lightly_view_transform
+from labelfree.augment import (
+    JITTER_OPS,
+    GraphedViewAugmentation,
+    ViewAugmentation,
+    build_views,
+    lightly_view_transform,
+)
 
 CIFAR_ARCHIVE = Path(
     os.environ.get(
@@ -520,6 +526,43 @@ def test_docstring_examples():
 # ---------------------------------------------------------------- GPU
 
 
+# ---------------------------------------------------------------- dense plan / CUDA graphs
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(
+    "config",
+    [FULL, {**FULL, "rr_degrees": 30.0}, {"input_size": 24}],
+    ids=["full", "free", "default"],
+)
+def test_dense_plan_gives_the_same_views(channels, config):
+    """The dense plan (every op on the whole batch, identity parameters where not drawn) that CUDA
+    graphs replay must give the subset plan's views: hue shift 0 and the unit blur kernel are
+    identities up to float rounding."""
+    images = random_images(n=64, c=channels, h=32, w=32)
+    norm = {"mean": IMAGENET["mean"][:channels], "std": IMAGENET["std"][:channels]}
+    aug = ViewAugmentation(**config, normalize=norm)
+    params = aug.sample_params(64, 32, 32, generator=gen(3))
+    subset = aug.apply(images, params)
+    dense = aug.apply(images, params, dense=True)
+    torch.testing.assert_close(dense, subset, atol=2e-5, rtol=0)
+    # the dense plan's shapes do not depend on the draws (what a captured graph needs)
+    other = aug.sample_params(64, 32, 32, generator=gen(4))
+    a, b = (aug._plan(p, channels, 32, 32, dense=True) for p in (params, other))
+    assert a["table"].shape == b["table"].shape
+    assert a["row_counts"] == b["row_counts"]
+    assert {k: v for k, v in a.items() if isinstance(v, bool)} == {
+        k: v for k, v in b.items() if isinstance(v, bool)
+    }
+
+
+def test_graphed_views_run_eagerly_off_gpu():
+    images = random_images(n=16, h=32, w=32)
+    aug = ViewAugmentation(**FULL)
+    graphed = GraphedViewAugmentation(aug)
+    torch.testing.assert_close(graphed(images, gen(1)), aug(images, gen(1)), atol=0, rtol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_for_the_same_seed():
@@ -531,3 +574,18 @@ def test_cuda_matches_cpu_for_the_same_seed():
     torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="use a CPU torch.Generator"):
         aug(images.cuda(), torch.Generator("cuda").manual_seed(0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replay_matches_eager_views():
+    """Captured once, replayed for new batches and new draws: the same views as eager calls."""
+    aug = ViewAugmentation(**FULL, normalize=IMAGENET)
+    graphed = GraphedViewAugmentation(aug)
+    g_eager, g_graph = gen(7), gen(7)
+    for seed in range(3):
+        images = random_images(n=64, h=32, w=32, seed=seed).cuda()
+        eager = aug(images, g_eager)
+        replay = graphed(images, g_graph)
+        torch.testing.assert_close(replay, eager, atol=2e-5, rtol=0)
+    assert all(g is not None for g in graphed._graphs.values()), "capture failed (see warning)"

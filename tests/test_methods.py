@@ -51,7 +51,7 @@ def test_momentum_targets_follow_online_network(compose_train):
         for p in online.parameters():
             p.add_(1.0)
     gap_before = sum(
-        float((a - b).abs().sum())
+        float((a - b).detach().abs().sum())
         for a, b in zip(online.parameters(), target.parameters(), strict=True)
     )
     model.on_step_end(0, 100)  # momentum 0.99: target moves 1% of the way

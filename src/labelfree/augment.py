@@ -49,7 +49,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ViewAugmentation", "build_views", "lightly_view_transform"]
+__all__ = ["GraphedViewAugmentation", "ViewAugmentation", "build_views", "lightly_view_transform"]
 
 # torchvision's RandomResizedCrop defaults, used by every lightly view transform.
 _RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -395,7 +395,7 @@ class ViewAugmentation(torch.nn.Module):
         b, _, h, w = images.shape
         return self.apply(images, self.sample_params(b, h, w, generator=generator))
 
-    def apply(self, images: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    def apply(self, images: Tensor, params: Mapping[str, Tensor], *, dense: bool = False) -> Tensor:
         """Augment a batch with given parameters (from :meth:`sample_params`, possibly edited).
 
         Everything per-sample (affine matrices, crop boxes, blend factors, blur kernels, masks)
@@ -405,6 +405,11 @@ class ViewAugmentation(torch.nn.Module):
         Args:
             images: (B, C, H, W) uint8 in [0, 255] or float in [0, 1], C in {1, 3}.
             params: Per-sample parameters as returned by :meth:`sample_params` for this batch.
+            dense: Run every operation the configuration can apply on the whole batch, with
+                identity parameters (hue shift 0, a unit blur kernel) for the samples that do
+                not draw it, instead of on the drawn subsets. The same views up to float
+                rounding, with a sequence of kernels and shapes that does not depend on the
+                draws: what :class:`GraphedViewAugmentation` captures.
 
         Returns:
             float32 (B, C, input_size, input_size) on the images' device.
@@ -414,12 +419,19 @@ class ViewAugmentation(torch.nn.Module):
         """
         self._check_images(images)
         b, c, height, width = images.shape
+        plan = self._plan(params, c, height, width, dense=dense)
+        table = _to_device(plan["table"], images.device)
+        rows = _to_device(plan["rows"], images.device)
+        return self._execute(images, table, rows, plan)
+
+    def _execute(
+        self, images: Tensor, table: Tensor, rows: Tensor, plan: Mapping[str, Any]
+    ) -> Tensor:
+        """The device work of :meth:`apply`; ``table`` and ``rows``: the plan's, on the device."""
+        b, c = images.shape[:2]
         device = images.device
-        plan = self._plan(params, c, height, width)
-        table = plan["table"].to(device, non_blocking=True)
         cols = plan["columns"]
-        rows = plan["rows"].to(device, non_blocking=True).split(plan["row_counts"])
-        rows = dict(zip(plan["row_names"], rows, strict=True))
+        rows = dict(zip(plan["row_names"], rows.split(plan["row_counts"]), strict=True))
 
         def col(name: str) -> Tensor:
             lo, hi = cols[name]
@@ -444,14 +456,21 @@ class ViewAugmentation(torch.nn.Module):
         return x
 
     def _plan(
-        self, params: Mapping[str, Tensor], channels: int, height: int, width: int
+        self,
+        params: Mapping[str, Tensor],
+        channels: int,
+        height: int,
+        width: int,
+        *,
+        dense: bool = False,
     ) -> dict[str, Any]:
         """Per-sample coefficients of every operation, computed on the CPU in float64.
 
         Returns a dict with ``table`` (B, K) float32 and ``columns`` (name -> column slice);
         ``rows``, one int64 tensor of the concatenated sample indices of the hue subsets (one
         per jitter position) and the blurred subset, with ``row_names`` and ``row_counts``; and
-        booleans saying which operations any sample uses.
+        booleans saying which operations run. With ``dense`` every subset is the whole batch
+        and the booleans come from the configuration, not from the draws (see :meth:`apply`).
         """
         p = {k: v.detach().cpu() for k, v in params.items()}
         b = p["crop"].shape[0]
@@ -508,10 +527,11 @@ class ViewAugmentation(torch.nn.Module):
         parts["factor"] = factors.gather(1, order)
         parts["is_contrast"] = (order == 1).to(f64)
         parts["is_saturation"] = (order == 2).to(f64)
-        parts["hue"] = p["hue"].to(f64).unsqueeze(1)
         hue_on = jitter & (p["hue"] != 0) if channels == 3 else torch.zeros(b, dtype=torch.bool)
+        hue_at = [hue_on & (order[:, k] == 3) for k in range(4)]  # hue is jitter op k
+        parts["hue"] = torch.stack([torch.where(m, p["hue"].to(f64), 0.0) for m in hue_at], dim=1)
         row_names = [f"hue{k}" for k in range(4)] + ["blur"]
-        row_list = [(hue_on & (order[:, k] == 3)).nonzero().squeeze(1) for k in range(4)]
+        row_list = [m.nonzero().squeeze(1) for m in hue_at]
 
         parts["grayscale"] = p["grayscale"].to(f64).unsqueeze(1)
         parts["solarize"] = p["solarize"].to(f64).unsqueeze(1)
@@ -520,6 +540,7 @@ class ViewAugmentation(torch.nn.Module):
         row_list.append(blur.nonzero().squeeze(1))
         r = self._box_support
         kernel = torch.zeros(b, 2 * r + 1, dtype=f64)
+        kernel[:, r] = 1.0  # unit kernel: blurring leaves the sample unchanged
         if blur.any():
             radius = _box_radius(p["sigma"][blur].to(f64))
             whole = radius.floor().unsqueeze(1)
@@ -532,17 +553,31 @@ class ViewAugmentation(torch.nn.Module):
         for name, part in parts.items():
             columns[name] = (start, start + part.shape[1])
             start += part.shape[1]
+        if dense:  # every operation the configuration allows, on every sample
+            hue_rows = torch.arange(b) if channels == 3 else torch.zeros(0, dtype=torch.long)
+            row_list = [hue_rows] * 4 + [torch.arange(b)]
+            runs = {
+                "rotate_free": self.rr_prob > 0 and self.rr_degrees is not None,
+                "jitter": self.cj_prob > 0,
+                "grayscale": self.random_gray_scale > 0,
+                "blur": self.gaussian_blur > 0,
+                "solarize": self.solarization_prob > 0,
+            }
+        else:
+            runs = {
+                "rotate_free": bool((~quarter).any()),  # angle is 0 where not rotated
+                "jitter": bool(jitter.any()),
+                "grayscale": bool(p["grayscale"].any()),
+                "blur": bool(blur.any()),
+                "solarize": bool(p["solarize"].any()),
+            }
         return {
             "table": torch.cat(list(parts.values()), dim=1).to(torch.float32),
             "columns": columns,
             "rows": torch.cat(row_list),
             "row_names": row_names,
             "row_counts": [len(r) for r in row_list],
-            "rotate_free": bool((~quarter).any()),  # angle is 0 where not rotated
-            "jitter": bool(jitter.any()),
-            "grayscale": bool(p["grayscale"].any()),
-            "blur": bool(blur.any()),
-            "solarize": bool(p["solarize"].any()),
+            **runs,
         }
 
     def _normalize_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -618,7 +653,7 @@ class ViewAugmentation(torch.nn.Module):
             x = torch.lerp(ref, x, factor[:, k].view(b, 1, 1, 1)).clamp_(0.0, 1.0)
             hue_rows = rows[f"hue{k}"]
             if hue_rows.numel():
-                x[hue_rows] = _adjust_hue(x[hue_rows], hue[hue_rows, 0])
+                x[hue_rows] = _adjust_hue(x[hue_rows], hue[hue_rows, k])
         return x
 
     def _blur(self, x: Tensor, kernel: Tensor) -> Tensor:
@@ -637,7 +672,7 @@ class ViewAugmentation(torch.nn.Module):
         """
         n, c, h, w = x.shape
         r = self._box_support
-        kernel = kernel.repeat_interleave(c, dim=0)  # (N*C, K), one per channel
+        kernel = kernel.unsqueeze(1).expand(n, c, -1).reshape(n * c, -1)  # one per channel
         y = x.reshape(1, n * c, h, w)
         for _ in range(_BLUR_PASSES):  # along the width
             y = F.conv2d(
@@ -648,6 +683,78 @@ class ViewAugmentation(torch.nn.Module):
                 F.pad(y, (0, 0, r, r), mode="replicate"), kernel.view(n * c, 1, -1, 1), groups=n * c
             )
         return y.view(n, c, h, w)
+
+
+class GraphedViewAugmentation:
+    """A :class:`ViewAugmentation` whose device work is replayed as one CUDA graph.
+
+    On a GPU the batched views need little arithmetic but about 200 kernel launches per call, and
+    the host time of those launches, not the kernels, bounds the speed (docs/benchmarks.md). A CUDA
+    graph launches them all at once. The plan is made dense (``apply(..., dense=True)``) so that
+    the kernels and their shapes do not depend on the draws; one graph is captured per input shape
+    and dtype on first use, after a warm-up on a side stream. Inputs not on a GPU run eagerly; if
+    capture fails, a warning names the error and the views run eagerly.
+
+    Args:
+        aug: The view's augmentation; its parameters are drawn exactly as for an eager call, so a
+            seed gives the same views (up to float rounding) with or without graphs.
+    """
+
+    def __init__(self, aug: ViewAugmentation):
+        self.aug = aug
+        self._graphs: dict[tuple, dict[str, Any] | None] = {}
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Views of a batch, as :meth:`ViewAugmentation.forward`."""
+        if images.device.type != "cuda":
+            return self.aug(images, generator)
+        self.aug._check_images(images)
+        b, c, h, w = images.shape
+        params = self.aug.sample_params(b, h, w, generator=generator)
+        key = (tuple(images.shape), images.dtype, images.device)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(images, self.aug._plan(params, c, h, w, dense=True))
+        graph = self._graphs[key]
+        if graph is None:  # capture failed (warned once)
+            return self.aug.apply(images, params)
+        plan = self.aug._plan(params, c, h, w, dense=True)
+        graph["images"].copy_(images)
+        graph["table"].copy_(plan["table"].pin_memory(), non_blocking=True)
+        graph["graph"].replay()
+        return graph["out"].clone()  # the next replay overwrites the static output
+
+    def _capture(self, images: Tensor, plan: Mapping[str, Any]) -> dict[str, Any] | None:
+        static = {
+            "images": images.clone(),
+            "table": _to_device(plan["table"], images.device),
+            "rows": _to_device(plan["rows"], images.device),
+        }
+        run = (static["images"], static["table"], static["rows"], plan)
+        try:
+            side = torch.cuda.Stream(device=images.device)
+            side.wait_stream(torch.cuda.current_stream(images.device))
+            with torch.cuda.stream(side):  # warm-up: cuDNN autotuning and allocations
+                for _ in range(3):
+                    self.aug._execute(*run)
+            torch.cuda.current_stream(images.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.aug._execute(*run)
+        except RuntimeError as err:
+            log.warning(
+                "CUDA-graph capture of the view augmentation failed (%s); running it eagerly. "
+                "Set trainer.cuda_graphs=false to skip the attempt.",
+                err,
+            )
+            return None
+        return {**static, "graph": graph, "out": out}
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Copy a CPU tensor to ``device``; to a GPU from pinned memory, so the host never waits."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _box_radius(sigma: Tensor, passes: int = 3) -> Tensor:
@@ -688,7 +795,8 @@ def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     hue = torch.where(maxc == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0))
     hue = torch.where(maxc == r, (g - b).mul_(inv), hue)
     hue.add_((6.0 * shift).view(-1, 1, 1))
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    # 5, 3, 1 made on the device: a host-to-device copy would break CUDA-graph capture
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     k = (hue.unsqueeze(1) + n).remainder_(6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return ramp.mul_(chroma.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1))  # V - C ramp

@@ -365,6 +365,8 @@ class ViewLoader:
         num_workers: DataLoader workers for the ``lightly`` backend.
         rank: this process's rank under DDP.
         world_size: number of DDP processes; must divide ``batch_size``.
+        cuda_graphs: replay each view's batched augmentation as a CUDA graph on a GPU
+            (:class:`labelfree.augment.GraphedViewAugmentation`); ignored elsewhere.
     """
 
     def __init__(
@@ -379,8 +381,9 @@ class ViewLoader:
         num_workers: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        cuda_graphs: bool = False,
     ):
-        from labelfree.augment import build_views, lightly_view_transform
+        from labelfree.augment import GraphedViewAugmentation, build_views, lightly_view_transform
 
         if batch_size % world_size:
             raise ValueError(
@@ -393,6 +396,8 @@ class ViewLoader:
         if backend == "batched":
             self.images = images.to(self.device)
             self.views = build_views(augment, per_view)
+            if cuda_graphs and self.device.type == "cuda":
+                self.views = [GraphedViewAugmentation(v) for v in self.views]
         elif backend == "lightly":
             self.images = images
             self.dataset = PILViews(
@@ -416,8 +421,9 @@ class ViewLoader:
             seed = int(torch.randint(2**62, (1,), generator=generator))
             generator = torch.Generator().manual_seed(seed + self.rank)
         if self.backend == "batched":
+            order = order.to(self.device)  # one copy per epoch, not a host wait per step
             for idx in order.view(len(self), self.local_batch_size):
-                batch = self.images[idx.to(self.device, non_blocking=True)]
+                batch = self.images[idx]
                 yield [view(batch, generator=generator) for view in self.views]
             return
         if self.num_workers == 0:  # transforms draw from the global RNGs of this process: seed them

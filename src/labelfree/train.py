@@ -106,6 +106,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(
             f"trainer.augmentation={cfg.trainer.augmentation} is not one of: batched, lightly."
         )
+    if not isinstance(cfg.trainer.cuda_graphs, bool):
+        raise ValueError(f"trainer.cuda_graphs={cfg.trainer.cuda_graphs} must be true or false.")
     if cfg.eval.embedding not in ("backbone", "projector"):
         raise ValueError(f"eval.embedding={cfg.eval.embedding} is not one of: backbone, projector.")
     eval_epochs(cfg.eval.schedule, cfg.trainer.epochs)
@@ -221,6 +223,7 @@ def _train(cfg: DictConfig, run_dir: str | Path, *, world: World, device: torch.
         num_workers=cfg.trainer.num_workers,
         rank=world.rank,
         world_size=world.world_size,
+        cuda_graphs=cfg.trainer.cuda_graphs,
     )
     evaluator = (
         Evaluator(
