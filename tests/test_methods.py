@@ -56,7 +56,7 @@ def test_momentum_targets_follow_online_network(compose_train):
     )
     model.on_step_end(0, 100)  # momentum 0.99: target moves 1% of the way
     gap_after = sum(
-        float((a - b).abs().sum())
+        float((a - b).detach().abs().sum())
         for a, b in zip(online.parameters(), target.parameters(), strict=True)
     )
     assert gap_after == pytest.approx(0.99 * gap_before, rel=1e-4)
