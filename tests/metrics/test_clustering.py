@@ -242,3 +242,11 @@ def test_kmeans_gt_ami_matches_sklearn(overlapping_blobs):
     part = kmeans(overlapping_blobs.x, k=10, n_runs=1, seed=0).labels[0]
     expected = adjusted_mutual_info_score(overlapping_blobs.y, part.numpy())
     assert kmeans_gt_ami(part, overlapping_blobs.y) == pytest.approx(expected, abs=1e-6)
+
+
+def test_kmeans_identical_rows_with_inexact_mean_warn():
+    """0.1 has no exact float sum: the centred data is ~1e-8, not 0, yet the rows are identical."""
+    x = np.full((1000, 7), 0.1, dtype=np.float32)
+    with pytest.warns(RuntimeWarning, match="identical embeddings"):
+        res = kmeans(x, k=3, n_runs=2)
+    assert int(res.labels.max()) == 0
