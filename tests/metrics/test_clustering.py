@@ -250,3 +250,19 @@ def test_kmeans_identical_rows_with_inexact_mean_warn():
     with pytest.warns(RuntimeWarning, match="identical embeddings"):
         res = kmeans(x, k=3, n_runs=2)
     assert int(res.labels.max()) == 0
+
+
+def test_cluster_sums_one_hot_branch_matches_index_add():
+    """The CUDA branch (one-hot product) gives the CPU branch's sums; checked here on the CPU."""
+    from labelfree.metrics.clustering import _cluster_sums
+
+    x = torch.randn(500, 7, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 6, (500,), generator=torch.Generator().manual_seed(1))
+    labels[labels == 4] = 5  # an empty cluster
+    a = _cluster_sums(x, labels, 6, one_hot=True)
+    b = _cluster_sums(x, labels, 6, one_hot=False)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    ref = np.stack(
+        [x[labels == c].sum(0).numpy() if (labels == c).any() else np.zeros(7) for c in range(6)]
+    )
+    np.testing.assert_allclose(b.numpy(), ref, atol=1e-5)

@@ -120,12 +120,13 @@ def _kmeans_plusplus(
     return centers
 
 
-def _cluster_sums(x: Tensor, labels: Tensor, k: int) -> Tensor:
+def _cluster_sums(x: Tensor, labels: Tensor, k: int, *, one_hot: bool | None = None) -> Tensor:
     """Per-cluster sums of the rows of ``x``, ``(k, D)``, returned in float64.
 
-    CPU: ``index_add_``; CUDA: a one-hot matrix product, deterministic unlike float atomics.
+    ``index_add_`` on the CPU; on CUDA (``one_hot=None``) a one-hot matrix product, which is
+    deterministic where ``index_add_``'s float atomics are not.
     """
-    if x.device.type == "cuda":
+    if one_hot if one_hot is not None else x.device.type == "cuda":
         return (torch.nn.functional.one_hot(labels, k).to(x.dtype).T @ x).double()
     sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
     return sums.index_add_(0, labels, x).double()
