@@ -280,6 +280,12 @@ def test_bootstrap_is_seeded(runs):
     other = within_run_correlations(runs, **args, seed=1)
     pd.testing.assert_frame_equal(first, again)
     assert not np.allclose(first["ci_low"].dropna(), other["ci_low"].dropna())
+    # the same runs in another directory (a copied sweep, a CI checkout) give the same intervals
+    moved = runs.assign(run_dir="/elsewhere/" + runs["run_dir"].astype(str))
+    pd.testing.assert_frame_equal(
+        within_run_correlations(moved, **args, seed=0).drop(columns="run_dir", errors="ignore"),
+        first.drop(columns="run_dir", errors="ignore"),
+    )
 
 
 def test_constant_metric_column_in_table_is_nan_without_warnings():

@@ -393,7 +393,7 @@ def _group_rows(
         reps = np.full(n_resamples, np.nan)
         if result.note == "":
             seeds_values.append(result.value)
-            rng = _rng(seed, *keys.values(), run_dir)
+            rng = _rng(seed, *keys.values(), run_name)  # not the path: same CIs wherever runs live
             reps = _cluster_bootstrap(
                 [(x, y)], coefficient=coefficient, n_resamples=n_resamples, rng=rng
             )
