@@ -1,6 +1,7 @@
 """Weights & Biases: real wandb offline (history, config, run id on resume), secrets, W&B source."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,9 @@ def test_offline_run_holds_config_and_history_and_resume_reuses_the_id(
     assert config["logger"]["group"] == "demo"  # resolved: group = experiment_name
     assert config["logger"]["run_name"] == "digits-small_cnn-simclr-s0"
 
+    # wandb names offline segments by start time to the second: a relaunch within the same second
+    # would reuse the first segment's directory, so wait for the next second
+    time.sleep(1.1)
     again = train(cfg, run_dir)  # a relaunch into the same directory resumes the same W&B run
     assert again["wandb_id"] == run_id
     assert again["status"] == "completed"
