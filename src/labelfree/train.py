@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -313,8 +316,9 @@ def _train(cfg: DictConfig, run_dir: str | Path, *, world: World, device: torch.
     def evaluate(loss: float | None) -> None:
         if epoch in schedule and epoch not in records and world.is_main:
             record = timed_record(evaluator, model, epoch=epoch, step=step, wall_s=now(), loss=loss)
-            run.append_record(record)
-            logger.log_record(record)
+            with deferred_preemption():  # a record is in metrics.jsonl iff the logger has it
+                run.append_record(record)
+                logger.log_record(record)
             records.add(epoch)
             log.info(summary_line(record))
         if epoch in schedule:
@@ -343,9 +347,11 @@ def _train(cfg: DictConfig, run_dir: str | Path, *, world: World, device: torch.
                 epochs=epochs,
             )
             epoch, step = epoch + 1, step + steps_per_epoch
-            checkpoint()
-            status = run.update_status(last_epoch=epoch)
-            logger.log_train({"train/loss": loss, "epoch": epoch}, step=step)
+            # a resume starts after the checkpointed epoch: its training scalars must be logged too
+            with deferred_preemption():
+                checkpoint()
+                status = run.update_status(last_epoch=epoch)
+                logger.log_train({"train/loss": loss, "epoch": epoch}, step=step)
             evaluate(loss=loss)
         status = run.update_status(status="completed", wall_s=round(now(), 1))
     except Diverged as err:
@@ -355,6 +361,36 @@ def _train(cfg: DictConfig, run_dir: str | Path, *, world: World, device: torch.
         logger.finish(run.read_status().get("status", "failed"))
         log.info("Run directory: %s (metrics.jsonl: %d records)", run.path, len(records))
     return status
+
+
+@contextmanager
+def deferred_preemption(
+    signums: tuple[int, ...] = (signal.SIGUSR2, signal.SIGTERM),
+) -> Iterator[None]:
+    """Hold preemption signals until the block ends, then deliver them.
+
+    submitit's SIGUSR2 handler (SLURM preemption or time limit) checkpoints, requeues and raises
+    ``SystemExit`` wherever the main thread is. Inside this block it waits, so a block that writes
+    the same fact to two places (metrics.jsonl and W&B; the checkpoint and the logged loss) is
+    never cut in half; a resumed run would otherwise never re-log what one of them lacks. Python
+    runs signal handlers in the main thread whichever thread receives the signal, so swapping the
+    handlers there is enough; elsewhere (a worker thread) the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for num in signums:
+        if signal.getsignal(num) is not None:  # None: a handler set outside Python, left alone
+            previous[num] = signal.signal(num, lambda n, _frame: received.append(n))
+    try:
+        yield
+    finally:
+        for num, handler in previous.items():
+            signal.signal(num, handler)
+        for num in received:
+            signal.raise_signal(num)
 
 
 def _train_epoch(
