@@ -711,13 +711,13 @@ class GraphedViewAugmentation:
         self.aug._check_images(images)
         b, c, h, w = images.shape
         params = self.aug.sample_params(b, h, w, generator=generator)
+        plan = self.aug._plan(params, c, h, w, dense=True)
         key = (tuple(images.shape), images.dtype, images.device)
         if key not in self._graphs:
-            self._graphs[key] = self._capture(images, self.aug._plan(params, c, h, w, dense=True))
+            self._graphs[key] = self._capture(images, plan)
         graph = self._graphs[key]
         if graph is None:  # capture failed (warned once)
             return self.aug.apply(images, params)
-        plan = self.aug._plan(params, c, h, w, dense=True)
         graph["images"].copy_(images)
         graph["table"].copy_(plan["table"].pin_memory(), non_blocking=True)
         graph["graph"].replay()
