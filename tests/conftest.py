@@ -46,6 +46,22 @@ def tiny() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    """Overrides for runs small enough for several processes at once on 2 cores: 400 train /
+    200 test digits, 3 steps per epoch, a 2-stage CNN, 2 k-means restarts, 2 epochs."""
+    return [
+        "trainer.epochs=2",
+        "trainer.batch_size=128",
+        "trainer.warmup_epochs=1",
+        "eval.schedule=every:1",
+        "data.train_per_class=40",
+        "data.test_per_class=20",
+        "arch.widths=[16,32]",
+        "metrics.kmeans.n_runs=2",
+    ]
+
+
+@pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory) -> Path:
     """The real CIFAR-10 JPEG archive extracted once (ImageFolder layout), or skip naming it."""
     if not CIFAR_ARCHIVE.is_file():

@@ -109,9 +109,18 @@ def test_command_line_sweep_values_replace_the_experiments(tmp_path):
     assert plan.sweep_keys == {"method": "simclr,byol"}
 
 
-def test_sweep_over_a_key_missing_from_run_name_is_refused(tmp_path):
+def test_a_sweep_over_any_result_key_gives_each_job_its_own_run_dir(tmp_path):
+    plan = plan_sweep(
+        "demo", [f"paths.output_dir={tmp_path}", "seed=0", "trainer.batch_size=64,128"]
+    )
+    names = {d.name for d in plan.run_dirs}
+    assert "digits-small_cnn-simclr-s0-trainer.batch_size=64" in names
+    assert len(names) == len(plan.jobs) == 6
+
+
+def test_sweep_over_a_key_that_cannot_change_results_is_refused(tmp_path):
     with pytest.raises(ValueError, match="would share the run directory"):
-        plan_sweep("demo", [f"paths.output_dir={tmp_path}", "seed=0", "trainer.batch_size=64,128"])
+        plan_sweep("demo", [f"paths.output_dir={tmp_path}", "seed=0", "trainer.num_workers=1,2"])
 
 
 def test_bad_override_fails_before_training(train_cli, tmp_path):

@@ -162,8 +162,12 @@ def test_tiny_demo_end_to_end_then_resumed(reproduce_cli, tmp_path):
         ("simsiam", [0, 1, 2]),
     ]
     sweep = tmp_path / "outputs" / "sweeps" / "demo"
-    records = {d.name: (d / "metrics.jsonl").read_text() for d in sweep.iterdir() if d.is_dir()}
-    assert sorted(records) == ["digits-small_cnn-simclr-s0", "digits-small_cnn-simsiam-s0"]
+    records = {d.parent.name: d.read_text() for d in sweep.glob("*/metrics.jsonl")}
+    suffix = "trainer.epochs=2,trainer.warmup_epochs=1"  # the overrides that change results
+    assert sorted(records) == [
+        f"digits-small_cnn-simclr-s0-{suffix}",
+        f"digits-small_cnn-simsiam-s0-{suffix}",
+    ]
 
     again = reproduce_cli(*args, cwd=tmp_path)  # resumes: nothing left to train or evaluate
     assert again.returncode == 0, again.stderr[-4000:]

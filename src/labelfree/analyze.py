@@ -39,6 +39,8 @@ from labelfree.analysis.report import (
     write_tables,
 )
 from labelfree.analysis.wandb_source import collect_wandb, is_wandb_source, merge_collections
+from labelfree.config import quote_path_overrides
+from labelfree.rundir import add_log_file
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +165,38 @@ def analyze(cfg: DictConfig) -> AnalysisResult:
     sources = [str(r) for r in _as_list(cfg.runs)]
     roots = [to_absolute_path(r) for r in sources if not is_wandb_source(r)]
     output = Path(to_absolute_path(str(cfg.output)))
-    collection = collect_runs(roots, include_running=cfg.include_running) if roots else None
-    if len(roots) < len(sources):  # optional W&B source: runs=wandb:ENTITY/PROJECT[/GROUP]
-        wandb_runs = [r for r in sources if is_wandb_source(r)]
-        collection = merge_collections(
-            collection, collect_wandb(wandb_runs, include_running=cfg.include_running)
-        )
+    check_output(output)
     output.mkdir(parents=True, exist_ok=True)
+    handler = add_log_file(output / "analyze.log")
+    try:
+        collection = collect_runs(roots, include_running=cfg.include_running) if roots else None
+        if len(roots) < len(sources):  # optional W&B source: runs=wandb:ENTITY/PROJECT[/GROUP]
+            wandb_runs = [r for r in sources if is_wandb_source(r)]
+            collection = merge_collections(
+                collection, collect_wandb(wandb_runs, include_running=cfg.include_running)
+            )
+        return _analyze(cfg, collection, roots, output)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def check_output(output: Path) -> None:
+    """Refuse an output folder that is, or lies inside, a training run directory.
+
+    The analysis writes CSVs, tables and a log there; inside a run directory they would mix
+    with (or, for ``.hydra/``, replace) the run's own files.
+    """
+    for folder in (output, *output.parents):
+        if (folder / "run.json").is_file() or (folder / "metrics.jsonl").is_file():
+            where = "is" if folder == output else "is inside"
+            raise ValueError(
+                f"output={output} {where} the run directory {folder}: write the analysis "
+                f"elsewhere, e.g. output=outputs/analysis/<name>."
+            )
+
+
+def _analyze(cfg: DictConfig, collection: Collection, roots: list[str], output: Path):
     result = AnalysisResult(output=output, collection=collection, correlations=pd.DataFrame())
     runs_csv, skipped_csv = output / "runs.csv", output / "skipped_runs.csv"
     collection.runs.to_csv(runs_csv, index=False)
@@ -284,8 +311,8 @@ def _print_summary(result: AnalysisResult) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
-def main(cfg: DictConfig) -> None:
-    """Entry point of ``labelfree-analyze`` (see the module docstring)."""
+def _app(cfg: DictConfig) -> None:
+    """Hydra task of ``labelfree-analyze`` (see the module docstring)."""
     log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
     try:
         result = analyze(cfg)
@@ -294,6 +321,12 @@ def main(cfg: DictConfig) -> None:
         print(f"labelfree-analyze: error: {error}", file=sys.stderr)
         sys.exit(1)
     _print_summary(result)
+
+
+def main() -> None:
+    """Console-script entry point (``labelfree-analyze``): run-directory paths need no quoting."""
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
+    _app()
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 Registered in ``conf/hydra/default.yaml`` (``hydra.callbacks.sweep_summary``), so every
 ``labelfree-train -m ...`` sweep ends, whatever its launcher (basic, ``hydra/launcher=local``,
 ``hydra/launcher=slurm``), with ``sweep_summary.json`` and ``sweep_summary.md`` in the sweep
-directory and one log line per job that did not complete. The summary is read from each job's
-``run.json`` (status, error, last finished epoch), which the job writes itself, so it works for
-jobs that ran in other processes or on other machines.
+directory and one log line per job that did not complete. Each job reports how it ended into
+``<sweep dir>/.jobs/`` (from its own process, so it works for jobs that ran on other machines);
+the summary reads those reports and each run directory's ``run.json`` (last finished epoch).
 
 A job that dies without returning (killed for memory, node failure, ``scancel``) makes submitit's
 result collection raise in the launcher before ``on_multirun_end``; the other jobs run on. Write
@@ -14,7 +14,9 @@ the summary afterwards with ``python -m labelfree.callbacks SWEEP_DIR``.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from labelfree.rundir import RunDir, write_json_atomic
@@ -30,6 +33,8 @@ from labelfree.rundir import RunDir, write_json_atomic
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "sweep_summary"
+#: Folder of the sweep directory where each job reports how it ended.
+REPORTS_DIR = ".jobs"
 _CLOCK_SLACK_S = 5.0  # file times on shared file systems may lag the launcher's clock a little
 
 
@@ -37,8 +42,13 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
     """Job directories of a sweep: folders below it holding ``.hydra/`` or ``run.json``."""
     found = {p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")}
     found |= {p.parent for p in sweep_dir.glob("**/run.json")}
-    skip = {".submitit", "wandb"}
-    return sorted(p for p in found if not skip & set(p.relative_to(sweep_dir).parts))
+    return sorted(
+        p
+        for p in found
+        if not any(
+            part.startswith(".") or part == "wandb" for part in p.relative_to(sweep_dir).parts
+        )
+    )
 
 
 def _started_at(job_dir: Path) -> float:
@@ -46,34 +56,72 @@ def _started_at(job_dir: Path) -> float:
     return (marker if marker.exists() else job_dir / "run.json").stat().st_mtime
 
 
+def _reports(sweep_dir: Path, since: float | None) -> dict[str, dict]:
+    """What each job said when it ended (:meth:`SweepSummary.on_job_end`), by run directory."""
+    reports: dict[str, dict] = {}
+    for path in sorted((sweep_dir / REPORTS_DIR).glob("*.json")):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if since is not None and report.get("time", 0) < since - _CLOCK_SLACK_S:
+            continue
+        reports[report["run_dir"]] = report
+    return reports
+
+
 def summarize_sweep(sweep_dir: str | Path, *, since: float | None = None) -> dict[str, Any]:
-    """Status of every job of a sweep, from the job directories' ``run.json`` files.
+    """Status of every job of a sweep, from the jobs' own reports and ``run.json`` files.
+
+    A job that ended reported its outcome into ``<sweep dir>/.jobs/``; that report wins, so a
+    job refused before it owned its run (which then writes nothing into the run directory)
+    is listed as failed with its error even when the directory holds an older, completed run.
+    A job that died without reporting (killed for memory, node failure) is found through its
+    run directory.
 
     Args:
         sweep_dir: the sweep directory (``hydra.sweep.dir``).
-        since: only jobs started (``.hydra/`` written) at or after this time (``time.time()``);
-            None: every job directory found.
+        since: only jobs started or reported at or after this time (``time.time()``); None:
+            every job found.
 
     Returns:
         ``{"sweep_dir", "n_jobs", "counts": {status: n}, "jobs": [...], "not_completed": [...]}``;
         each job has ``run_dir``, ``name``, ``status`` (``completed``, ``diverged``, ``failed``,
-        ``running``: interrupted, or ``unknown``: no ``run.json``), ``error``, ``last_epoch``,
-        ``epochs`` and ``overrides``.
+        ``interrupted``, ``running``: killed, or ``unknown``: no ``run.json``), ``error``,
+        ``last_epoch``, ``epochs`` and ``overrides``.
     """
     sweep_dir = Path(sweep_dir)
+    reports = _reports(sweep_dir, since)
+    dirs = {os.path.abspath(d): d for d in _job_dirs(sweep_dir)}
+    dirs.update({os.path.abspath(run_dir): Path(run_dir) for run_dir in reports})
+    reports = {os.path.abspath(run_dir): report for run_dir, report in reports.items()}
     jobs = []
-    for job_dir in _job_dirs(sweep_dir):
-        if since is not None and _started_at(job_dir) < since - _CLOCK_SLACK_S:
+    for key, job_dir in sorted(dirs.items()):
+        report = reports.get(key)
+        if (
+            report is None
+            and since is not None
+            and (not job_dir.exists() or _started_at(job_dir) < since - _CLOCK_SLACK_S)
+        ):
             continue
-        status = RunDir(job_dir).read_status()
+        try:
+            status = RunDir(job_dir).read_status()
+        except (OSError, ValueError):
+            status = {}
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        overrides = (
+            report.get("overrides")
+            if report
+            else yaml.safe_load(overrides_file.read_text())
+            if overrides_file.exists()
+            else status.get("overrides")
+        )
         jobs.append(
             {
-                "run_dir": str(job_dir),
+                "run_dir": key,
                 "name": status.get("name") or job_dir.name,
-                "status": status.get("status", "unknown"),
-                "error": status.get("error"),
+                "status": report["status"] if report else status.get("status", "unknown"),
+                "error": report.get("error") if report else status.get("error"),
                 "last_epoch": status.get("last_epoch"),
                 "epochs": status.get("epochs"),
                 "overrides": overrides or [],
@@ -140,7 +188,7 @@ def write_sweep_summary(sweep_dir: str | Path, *, since: float | None = None) ->
 
 
 class SweepSummary(Callback):
-    """Hydra callback: mark jobs that raised as failed; summarise the sweep at its end.
+    """Hydra callback: each job reports how it ended; the sweep is summarised at its end.
 
     Args:
         fail_on_error: exit with status 1 after writing the summary when a job did not complete
@@ -156,14 +204,28 @@ class SweepSummary(Callback):
         self.started = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        """A job whose task raised is marked failed in its ``run.json`` (runs in the job)."""
-        if job_return.status != JobStatus.FAILED:
+        """Report the job's outcome into ``<sweep dir>/.jobs/`` (runs in the job's process).
+
+        ``labelfree-train`` returns its run's status, or ``{"status": "failed", "error": ...}``
+        when it stopped; the report is written beside the run directories, never into one.
+        """
+        if config.hydra.mode != RunMode.MULTIRUN:
             return
-        error = job_return._return_value  # the exception; .return_value would re-raise it
-        run = RunDir(config.hydra.runtime.output_dir)
-        if run.read_status().get("status") != "failed":
-            message = str(error).splitlines()[0] if str(error) else ""
-            run.update_status(status="failed", error=f"{type(error).__name__}: {message}")
+        result = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+        result = result if isinstance(result, dict) else {}
+        report = {
+            "job_num": int(config.hydra.job.num),
+            "run_dir": str(Path(config.hydra.runtime.output_dir)),
+            "status": result.get("status", "failed"),
+            "error": result.get("error")
+            if result
+            else "the job raised before reporting (see its log)",
+            "overrides": list(config.hydra.overrides.task),
+            "time": time.time(),
+        }
+        write_json_atomic(
+            Path(config.hydra.sweep.dir) / REPORTS_DIR / f"{report['job_num']}.json", report
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write and log the summary; exit 1 if asked to and a job did not complete."""

@@ -6,8 +6,10 @@ set; its labels are used only by the linear probe and kNN references, never by t
 are made from the uint8 tensors by :mod:`labelfree.augment` (batched, on the training device) or by
 lightly's per-image transforms (the reference recipe); both take parameters from ``data.augment``.
 
-Registry: ``DATASETS[name]`` is a loader ``(**kwargs) -> (train, test, classes)``; the keys of
-``conf/data/<name>.yaml`` other than :data:`CONFIG_ONLY_KEYS` are its keyword arguments.
+Registry: ``DATASETS[loader]`` is a loader ``(**kwargs) -> (train, test, classes)``; the keys of
+``conf/data/<loader>.yaml`` other than :data:`CONFIG_ONLY_KEYS` are its keyword arguments.
+``data.name`` is the dataset's identity in run names and tables (for ``imagefolder`` the folder's
+name, so two folders are two datasets); ``data.loader`` picks the loader.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 # Keys of a data config that describe the dataset to other groups rather than feed its loader.
-CONFIG_ONLY_KEYS = ("name", "channels", "num_classes", "normalize", "augment")
+CONFIG_ONLY_KEYS = ("name", "loader", "channels", "num_classes", "normalize", "augment")
 
 
 @dataclass(frozen=True)
@@ -207,13 +209,41 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     return subdirs[0] if len(subdirs) == 1 else dest
 
 
-def _decode(path: str, mode: str, size: int) -> np.ndarray:
-    with Image.open(path) as img:
-        img = img.convert(mode)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
+def _decode(path: str, mode: str, size: int) -> np.ndarray | str:
+    """The image as a (size, size, C) uint8 array, or why it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)  # decodes the whole file: a truncated one fails here
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # PIL's decode errors
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _decode_all(
+    paths: list[str], mode: str, size: int, *, threads: int, skip_bad: bool
+) -> tuple[list[np.ndarray], list[int]]:
+    """Decode every file; returns the arrays and the indices kept.
+
+    Bad files stop the load (naming the first 10) unless ``skip_bad``, which leaves them out and
+    logs them.
+    """
+    with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
+        decoded = list(pool.map(lambda p: _decode(p, mode, size), paths))
+    bad = [(p, d) for p, d in zip(paths, decoded, strict=True) if isinstance(d, str)]
+    if bad:
+        listed = "; ".join(f"{p} ({why})" for p, why in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        if not skip_bad:
+            raise ValueError(
+                f"{len(bad)} image file(s) cannot be decoded: {listed}{more}. Replace or remove "
+                f"them, or set data.skip_bad_images=true to leave them out."
+            )
+        log.warning("data.skip_bad_images=true: left out %d file(s): %s%s", len(bad), listed, more)
+    keep = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+    return [decoded[i] for i in keep], keep
 
 
 def load_imagefolder(
@@ -226,12 +256,15 @@ def load_imagefolder(
     train_per_class: int | None = None,
     test_per_class: int | None = None,
     decode_threads: int = 4,
+    skip_bad_images: bool = False,
 ) -> tuple[Split, Split, list[str]]:
     """Any folder laid out as ``root/train/<class>/*`` and ``root/test/<class>/*``.
 
     Images are decoded once (class-balanced subsets are drawn before decoding), resized to
     ``image_size`` x ``image_size`` and held in memory: sized for CIFAR/STL-scale folders.
     With ``archive`` set and ``root`` not yet extracted, the archive is extracted into ``root``.
+    Files that do not decode (empty, truncated, not an image) stop the load with their names,
+    unless ``skip_bad_images``, which leaves them out (a subset may then be short of a class).
     """
     from torchvision.datasets import ImageFolder
 
@@ -260,10 +293,11 @@ def load_imagefolder(
         labels = np.asarray(folder_ds.targets, dtype=np.int64)
         idx = balanced_subset(labels, per_class, seed=seed)
         paths = [folder_ds.samples[i][0] for i in idx]
-        with ThreadPoolExecutor(decode_threads) as pool:  # PIL releases the GIL while decoding
-            arrays = list(pool.map(lambda p: _decode(p, mode, image_size), paths))
+        arrays, keep = _decode_all(
+            paths, mode, image_size, threads=decode_threads, skip_bad=skip_bad_images
+        )
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        splits.append(Split(images, torch.from_numpy(labels[idx])))
+        splits.append(Split(images, torch.from_numpy(labels[idx][keep])))
     return splits[0], splits[1], classes
 
 
@@ -284,10 +318,13 @@ def build_dataset(cfg: Mapping) -> Dataset:
         FileNotFoundError: missing files, with the config key to fix.
     """
     name = cfg["name"]
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset '{name}'. Choose one of: {', '.join(sorted(DATASETS))}.")
+    loader = cfg.get("loader") or name  # checkpoints written before data.loader existed
+    if loader not in DATASETS:
+        raise ValueError(
+            f"Unknown data.loader '{loader}'. Choose one of: {', '.join(sorted(DATASETS))}."
+        )
     kwargs = {k: v for k, v in cfg.items() if k not in CONFIG_ONLY_KEYS}
-    train, test, classes = DATASETS[name](**kwargs)
+    train, test, classes = DATASETS[loader](**kwargs)
     dataset = Dataset(name, train, test, list(classes))
     if dataset.channels != cfg["channels"]:
         raise ValueError(

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -44,6 +44,7 @@ from labelfree.rundir import RunDir
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "nccl", "gloo")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,32 @@ class World:
         total = value.detach().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)  # gloo has no ReduceOp.AVG
         return total / self.world_size
+
+    def agree(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on every rank; if it raises on any rank, raise on every rank.
+
+        The start-up checks of a run (config, data, checkpoint) run on each rank; without this
+        a rank that fails would leave the others waiting in their first collective until the
+        timeout. A rank whose own ``fn`` succeeded raises ``RuntimeError`` naming the rank that
+        failed and its one-line error.
+        """
+        try:
+            result, error = fn(), None
+        except Exception as err:
+            result, error = None, err
+        if self.distributed:
+            line = (
+                None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            )
+            lines: list[str | None] = [None] * self.world_size
+            dist.all_gather_object(lines, line)
+            failed = [(r, m) for r, m in enumerate(lines) if m is not None]
+            if error is None and failed:
+                rank, message = failed[0]
+                raise RuntimeError(f"rank {rank} stopped before training: {message}")
+        if error is not None:
+            raise error
+        return result
 
     def device(self, device: torch.device) -> torch.device:
         """This rank's device: ``cuda`` becomes ``cuda:<local_rank>`` under DDP.

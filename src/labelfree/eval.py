@@ -29,6 +29,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from labelfree.config import quote_path_overrides
 from labelfree.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,47 @@ def _load_npy(path: str, what: str) -> np.ndarray:
         raise FileNotFoundError(f"{what} file not found: {p.resolve()}")
     if p.suffix != ".npy":
         raise ValueError(f"{what}={path!r} must be a .npy file.")
-    return np.load(p, allow_pickle=False)
+    return _np_load(p, what)
+
+
+def _np_load(path: Path, what: str):
+    """``np.load`` without pickles; an object array gets a message saying how to save it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise
+        raise ValueError(
+            f"{what}={path} holds Python objects (an object array), which are not loaded (a "
+            f"pickle can run code): save numbers or strings, e.g. np.save(path, np.asarray(y, "
+            f"dtype=str)) for string labels."
+        ) from None
+
+
+def map_string_labels(arrays: dict[str, np.ndarray | None]) -> dict[str, int] | None:
+    """Replace string labels (``labels``, ``train_labels``) by class ids, in place.
+
+    Both arrays share one mapping: the sorted distinct strings of either get ids 0, 1, ...
+    Returns the mapping (None when the labels are already numbers).
+
+    Examples:
+        >>> arrays = {"labels": np.array(["cat", "dog", "cat"]), "train_labels": None}
+        >>> map_string_labels(arrays), arrays["labels"].tolist()
+        ({'cat': 0, 'dog': 1}, [0, 1, 0])
+    """
+    present = {k: arrays.get(k) for k in ("labels", "train_labels") if arrays.get(k) is not None}
+    if not any(a.dtype.kind in "US" for a in present.values()):
+        return None
+    if not all(a.dtype.kind in "US" for a in present.values()):
+        raise ValueError(
+            "labels and train_labels must both be strings or both be integers: got "
+            + ", ".join(f"{k} of dtype {a.dtype}" for k, a in present.items())
+            + "."
+        )
+    classes = np.unique(np.concatenate([a.astype(str) for a in present.values()]))
+    for key, array in present.items():
+        arrays[key] = np.searchsorted(classes, array.astype(str)).astype(np.int64)
+    return {str(c): i for i, c in enumerate(classes)}
 
 
 def load_arrays(
@@ -73,7 +114,7 @@ def load_arrays(
         raise FileNotFoundError(f"embeddings file not found: {p.resolve()}")
     arrays: dict[str, np.ndarray | None] = dict.fromkeys(NPZ_ARRAYS)
     if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as npz:
+        with _np_load(p, "embeddings") as npz:
             if "embeddings" not in npz.files:
                 raise ValueError(
                     f"{p} holds arrays {sorted(npz.files)} but no 'embeddings': save it with "
@@ -82,9 +123,15 @@ def load_arrays(
                 )
             for name in NPZ_ARRAYS:
                 if name in npz.files:
-                    arrays[name] = npz[name]
+                    try:
+                        arrays[name] = npz[name]
+                    except ValueError as err:  # an object array inside the archive
+                        raise ValueError(
+                            f"{p} array {name!r} holds Python objects, which are not loaded "
+                            f"(a pickle can run code): save numbers or strings ({err})."
+                        ) from None
     elif p.suffix == ".npy":
-        arrays["embeddings"] = np.load(p, allow_pickle=False)
+        arrays["embeddings"] = _np_load(p, "embeddings")
     else:
         raise ValueError(f"embeddings={embeddings!r} must be a .npy or .npz file.")
     for name, path in (
@@ -96,6 +143,14 @@ def load_arrays(
             if arrays[name] is not None:
                 log.info("%s from %s replaces the array in %s", name, path, p)
             arrays[name] = _load_npy(path, name)
+    mapping = map_string_labels(arrays)
+    if mapping is not None:
+        shown = ", ".join(f"{c}={i}" for c, i in list(mapping.items())[:12])
+        log.info(
+            "String labels mapped to class ids (sorted): %s%s",
+            shown,
+            " ..." if len(mapping) > 12 else "",
+        )
     return arrays
 
 
@@ -240,7 +295,8 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console-script entry point (``labelfree-eval``)."""
+    """Console-script entry point (``labelfree-eval``): run-directory paths need no quoting."""
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
     _app()
 
 

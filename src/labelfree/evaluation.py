@@ -58,6 +58,18 @@ def eval_epochs(schedule: str | Sequence[int], epochs: int) -> list[int]:
         >>> eval_epochs([2, 4], 10)
         [0, 2, 4, 10]
     """
+    if isinstance(schedule, ListConfig):
+        schedule = list(schedule)
+    if not isinstance(schedule, str | list | tuple):
+        raise ValueError(
+            f"eval.schedule={schedule!r} is not understood: use 'every:N', 'log:N' (N >= 1) or a "
+            f"list of epochs such as [1,2,5,10]"
+            + (
+                f" (every:{schedule} evaluates every {schedule} epochs)."
+                if _is_int(schedule)
+                else "."
+            )
+        )
     if isinstance(schedule, str):
         kind, _, arg = schedule.partition(":")
         if kind not in ("every", "log") or not arg.isdigit() or int(arg) < 1:
@@ -72,6 +84,12 @@ def eval_epochs(schedule: str | Sequence[int], epochs: int) -> list[int]:
             points = np.expm1(np.linspace(0.0, math.log1p(epochs), n))
             chosen = {int(round(p)) for p in points}
     else:
+        not_int = [e for e in schedule if not _is_int(e)]
+        if not_int:
+            raise ValueError(
+                f"eval.schedule={list(schedule)} must list epochs as integers ({not_int} are not): "
+                f"e.g. eval.schedule=[1,2,5,10]."
+            )
         chosen = {int(e) for e in schedule}
         bad = sorted(e for e in chosen if not 0 <= e <= epochs)
         if bad:
@@ -79,6 +97,10 @@ def eval_epochs(schedule: str | Sequence[int], epochs: int) -> list[int]:
                 f"eval.schedule has epochs {bad} outside 0..trainer.epochs={epochs}: remove them."
             )
     return sorted(chosen | {0, epochs})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -229,14 +251,14 @@ def embed_checkpoint(path: str | Path, device: str | torch.device | None = None)
         dict with ``embeddings``/``labels`` (test split), ``train_embeddings``/``train_labels``,
         ``metrics_config`` (the run's metrics node), ``seed`` and ``epoch``.
     """
-    from labelfree.checkpoint import load_checkpoint
+    from labelfree.checkpoint import load_checkpoint, restore
     from labelfree.train import build_model, resolve_device
 
     device = resolve_device(device or "auto")
     state = load_checkpoint(path, map_location="cpu")
     cfg = OmegaConf.create(state["config"])
     dataset, model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    restore(state, path, model)
     model.to(device)
     evaluator = Evaluator(
         dataset,

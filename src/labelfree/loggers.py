@@ -237,14 +237,15 @@ class WandbLogger:
     def finish(self, status: str) -> None:
         """Close the W&B run; ``status`` goes to its summary.
 
-        A run still ``running`` was interrupted (preemption, time limit): it is marked preempting
-        and will be resumed under the same id. ``failed`` ends with exit code 1; ``completed``
-        and ``diverged`` (a finished experiment) with 0.
+        A run ``interrupted`` (Ctrl-C, a preemption or time-limit requeue) or still ``running``
+        is marked preempting: it will be resumed under the same id. These and ``failed`` end
+        with exit code 1; ``completed`` and ``diverged`` (a finished experiment) with 0.
         """
         self.run.summary["status"] = status
-        if status == "running":
+        if status in ("running", "interrupted"):
             self.run.mark_preempting()
-        self.run.finish(exit_code=1 if status in ("running", "failed") else 0)
+        unfinished = status in ("running", "interrupted", "failed")
+        self.run.finish(exit_code=1 if unfinished else 0)
 
 
 LOGGERS: dict[str, type] = {"csv": CSVLogger, "wandb": WandbLogger}

@@ -35,11 +35,12 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -50,7 +51,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from labelfree.analyze import AnalysisResult, analyze
+from labelfree.analysis.report import TableFile
+from labelfree.analyze import AnalysisResult, analyze, check_output
 from labelfree.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -222,7 +224,7 @@ def _compose_train(overrides: list[str]) -> DictConfig:
 
 
 def _job_run_dir(overrides: list[str]) -> Path:
-    cfg = _compose_train(overrides)
+    cfg = _compose_train([*overrides, "hydra.mode=MULTIRUN"])  # names as the sweep's jobs get
     return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
 
@@ -280,9 +282,10 @@ def plan_sweep(experiment: str, overrides: Sequence[str] = ()) -> SweepPlan:
     for job, run_dir in zip(jobs, run_dirs, strict=True):
         if run_dir in seen:
             raise ValueError(
-                f"Jobs {seen[run_dir]} and {job} would share the run directory {run_dir} (its "
-                "name, run_name, does not include the swept key). Sweep only keys that appear "
-                "in run_name (data, arch, method, seed), or set run_name to include it."
+                f"Jobs {seen[run_dir]} and {job} would share the run directory {run_dir}: "
+                "they differ only in keys that cannot change results (labelfree.config."
+                "NON_RESULT_KEYS), or run_name was set to a fixed value; sweep a key that "
+                "changes results, or leave run_name to its default."
             )
         seen[run_dir] = job
     return SweepPlan(
@@ -456,8 +459,14 @@ def reproduce(
     started = time.perf_counter()
     plan = plan_sweep(experiment, overrides)
     output = Path(os.path.abspath(output or DEFAULT_OUTPUT.format(experiment=experiment)))
-    output.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(output / "reproduce.log")
+    check_output(output)
+    # Everything is written into a sibling work folder, which replaces `output` only once
+    # complete: an interrupted or failed reproduction never leaves a half-written output.
+    work = output.with_name(f".{output.name}.incomplete")
+    if work.exists():
+        shutil.rmtree(work)  # what a failed attempt left; never the output itself
+    work.mkdir(parents=True)
+    handler = logging.FileHandler(work / "reproduce.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
@@ -495,8 +504,9 @@ def reproduce(
             )
         log.info("Analysing %d run directories into %s", len(present), _display(output))
         analysis_started = time.perf_counter()
-        analysis = analyze(compose_analysis(present, output, analysis_overrides))
+        analysis = analyze(compose_analysis(present, work, analysis_overrides))
         analysis_s = time.perf_counter() - analysis_started
+        _relocate(analysis, work, output)  # paths as they will be once work replaces output
         result = ReproduceResult(
             plan=plan,
             returncode=returncode,
@@ -511,12 +521,46 @@ def reproduce(
             args += [] if train else ["train=false"]
             args += [ANALYSIS_PREFIX + o for o in analysis_overrides]
             command = shlex.join(["labelfree-reproduce", *args])
-        write_main_table(result, result.main_table, command=command)
+        write_main_table(result, work / result.main_table.name, command=command)
         log.info("Done in %s: %s", _duration(result.wall_s), _display(result.main_table))
-        return result
+    except BaseException:
+        log.error("Stopped; partial outputs are in %s, %s is unchanged", work, _display(output))
+        raise
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+    _replace_dir(work, output)
+    return result
+
+
+def _relocate(analysis: AnalysisResult, old: Path, new: Path) -> None:
+    """Re-point the paths of an analysis written under ``old`` to ``new``."""
+
+    def move(path: Path) -> Path:
+        return new / Path(path).relative_to(old)
+
+    def move_table(table: TableFile) -> TableFile:
+        return replace(
+            table, markdown_path=move(table.markdown_path), latex_path=move(table.latex_path)
+        )
+
+    analysis.output = new
+    analysis.figures = [move(p) for p in analysis.figures]
+    analysis.files = [move(p) for p in analysis.files]
+    analysis.tables = [move_table(t) for t in analysis.tables]
+    analysis.main_tables = [move_table(t) for t in analysis.main_tables]
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` in place of ``target`` (renames on one file system)."""
+    old = target.with_name(f".{target.name}.replaced")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def print_summary(result: ReproduceResult) -> None:

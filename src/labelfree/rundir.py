@@ -1,30 +1,88 @@
-"""The run directory contract (DESIGN.md): ``metrics.jsonl``, ``run.json`` and ``checkpoints/``.
+"""The run directory contract (DESIGN.md): ``metrics.jsonl``, ``run.json``, ``checkpoints/``.
 
 ``metrics.jsonl`` is the source of truth: one flat JSON object per evaluation, appended and flushed
-as soon as it exists. ``run.json`` says what the run is and how far it got; it is rewritten
-atomically (temporary file + rename) so a reader never sees half a file.
+as soon as it exists. ``run.json`` says what the run is and how far it got. Every rewrite goes
+through :func:`write_atomic` (a temporary file unique to the process, then a rename), so a reader
+never sees half a file and two processes never share a temporary file.
+
+Only the process that holds the run's lock (:class:`RunLock`, an OS file lock on ``run.lock``)
+writes to the directory; a launch refused before it owns the run changes nothing in it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import secrets
+import shutil
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("running", "completed", "failed", "diverged")
+#: ``run.json`` statuses: ``interrupted`` is a run stopped by Ctrl-C or a requeue signal.
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+#: Where ``resume=restart`` and dropped records put the files they replace (never deleted).
+ASIDE_DIR = ".restarts"
+LOCK_NAME = "run.lock"
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+def write_atomic(path: str | Path, data: bytes | str | Callable[[IO[bytes]], None]) -> None:
+    """Write ``data`` (bytes, text, or a function writing to a binary file) to ``path`` atomically.
+
+    The temporary file sits next to ``path`` with a name unique to this process, is flushed to
+    disk, then renamed over ``path``: a crash leaves either the old or the new file, never a mix.
+    On failure the temporary file is removed and the ``OSError`` names ``path``: a full disk
+    says ``no space left on device: <path>``, a read-only folder ``cannot write <path>: ...``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on device: {path}") from None
+        if isinstance(err, OSError) and err.errno is not None:  # read-only, permissions, ...
+            raise OSError(
+                err.errno, f"cannot write {path}: {err.strerror}; make {path.parent} writable"
+            ) from None
+        raise
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON to ``path`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, json.dumps(payload, indent=2, default=str, allow_nan=True) + "\n")
+
+
+def add_log_file(path: str | Path) -> logging.Handler:
+    """Copy this process's log into ``path`` (appended), formatted like the console.
+
+    Added by a command once it owns its output folder (a run's ``train.log``, the analysis'
+    ``analyze.log``); remove it with ``logging.getLogger().removeHandler`` when done.
+    """
+    handler = logging.FileHandler(path)
+    root = logging.getLogger()
+    console = next((h.formatter for h in root.handlers if h.formatter is not None), None)
+    handler.setFormatter(console or logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    root.addHandler(handler)
+    return handler
 
 
 def _clean(value: Any) -> Any:
@@ -45,6 +103,7 @@ class RunDir:
         self.run_json_path = self.path / "run.json"
         self.checkpoint_dir = self.path / "checkpoints"
         self.last_checkpoint = self.checkpoint_dir / "last.pt"
+        self.lock_path = self.path / LOCK_NAME
 
     def read_records(self) -> list[dict]:
         """All complete records; a truncated last line (killed mid-write) is dropped, warning."""
@@ -67,20 +126,35 @@ class RunDir:
                 ) from None
         return records
 
-    def keep_records_through(self, last_epoch: int) -> list[dict]:
-        """Rewrite ``metrics.jsonl`` without records after ``last_epoch`` or repeated epochs.
+    def trained_epochs(self) -> list[int]:
+        """Epochs after 0 that hold a record: evidence of training that a restart would lose."""
+        return sorted({int(r["epoch"]) for r in self.read_records() if r.get("epoch", 0) > 0})
 
-        Called on resume: a run interrupted after appending a record but before its checkpoint
-        would otherwise write that epoch twice.
+    def keep_records_through(self, last_epoch: int) -> list[dict]:
+        """Keep the records up to ``last_epoch``, each epoch once; returns them.
+
+        Called on resume: records after the checkpoint's epoch, or repeated epochs, cannot come
+        from the history being resumed. They are not deleted but moved to
+        ``.restarts/<time>/metrics.dropped.jsonl``. Nothing is written when nothing is dropped.
         """
-        seen, kept = set(), []
-        for record in self.read_records():
+        records = self.read_records()
+        seen, kept, dropped = set(), [], []
+        for record in records:
             if record["epoch"] <= last_epoch and record["epoch"] not in seen:
                 seen.add(record["epoch"])
                 kept.append(record)
-        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.metrics_path)
+            else:
+                dropped.append(record)
+        if dropped:
+            aside = self.aside_dir()
+            write_atomic(aside / "metrics.dropped.jsonl", _jsonl(dropped))
+            log.warning(
+                "Moved %d record(s) after epoch %d or repeated to %s",
+                len(dropped),
+                last_epoch,
+                aside,
+            )
+            write_atomic(self.metrics_path, _jsonl(kept))
         return kept
 
     def append_record(self, record: dict) -> None:
@@ -102,7 +176,139 @@ class RunDir:
         """Merge ``fields`` into ``run.json`` (atomically) and return the new contents."""
         if fields.get("status", STATUSES[0]) not in STATUSES:
             raise ValueError(f"Unknown run status {fields['status']!r}; one of {STATUSES}.")
-        self.path.mkdir(parents=True, exist_ok=True)
         status = {**self.read_status(), **fields, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(self.run_json_path, status)
         return status
+
+    def aside_dir(self) -> Path:
+        """A new, timestamped folder under ``.restarts/`` for files that are replaced."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = self.path / ASIDE_DIR / stamp
+        n = 1
+        while path.exists():
+            n += 1
+            path = self.path / ASIDE_DIR / f"{stamp}-{n}"
+        path.mkdir(parents=True)
+        return path
+
+    def move_aside(self) -> Path | None:
+        """Move every file of the run (all but the lock and earlier asides) to a new aside folder.
+
+        What ``resume=restart`` does before starting over; returns the folder (None if empty).
+        """
+        entries = (
+            [p for p in self.path.iterdir() if p.name not in (LOCK_NAME, ASIDE_DIR)]
+            if self.path.is_dir()
+            else []
+        )
+        if not entries:
+            return None
+        aside = self.aside_dir()
+        for entry in entries:
+            shutil.move(str(entry), aside / entry.name)
+        return aside
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run's lock."""
+
+
+class RunLock:
+    """An exclusive OS file lock (``flock``) on ``<run dir>/run.lock``.
+
+    The lock is the kernel's: it ends when its process ends, however it ends, so a lock left by
+    a killed process (SIGKILL, a preempted node) is free again. While held, the file says who
+    holds it (host, pid, start time); a release empties it again, so a launch that takes the
+    lock and then stops (a refused resume, a missing dataset) leaves the file as it found it, and
+    a non-empty file found free is the trace of a holder that died, reported as a warning.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock without waiting (creates an empty ``run.lock`` if there is none).
+
+        Raises:
+            RunLocked: another process holds it; the message names the holder and the choices.
+        """
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(self._read(fd))
+            os.close(fd)
+            raise RunLocked(
+                f"{self.path.parent} is being trained by {holder}: wait for it to finish, stop "
+                f"it, or train elsewhere (hydra.run.dir=...)."
+            ) from None
+        self._fd = fd
+        stale = self._read(fd)
+        if stale:
+            alive = stale.get("host") == socket.gethostname() and _pid_alive(stale.get("pid"))
+            log.warning(
+                "Taking over the lock of %s, which ended without releasing it%s.",
+                _describe(stale),
+                " (that pid now belongs to another process)" if alive else "",
+            )
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+
+    def release(self) -> None:
+        """Empty the lock file (a clean end leaves no holder trace) and release the lock."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        finally:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @staticmethod
+    def _read(fd: int) -> dict:
+        try:
+            text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            return json.loads(text) if text else {}
+        except (OSError, json.JSONDecodeError):
+            return {"host": "?", "pid": "?", "started": "?"}
+
+
+def _describe(info: dict) -> str:
+    if not info:
+        return "another process (no holder recorded)"
+    return (
+        f"pid {info.get('pid')} on {info.get('host')} (started {info.get('started')}, "
+        f"lock file {LOCK_NAME})"
+    )
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

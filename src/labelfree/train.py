@@ -13,6 +13,7 @@ last finished epoch and writes exactly the records an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -30,39 +32,36 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from labelfree.backbones import build_backbone
-from labelfree.checkpoint import load_checkpoint, save_checkpoint
+from labelfree.checkpoint import load_checkpoint, restore, save_checkpoint
+from labelfree.config import (
+    config_diff,
+    config_hash,
+    identity_overrides,
+    launch_overrides,
+    quote_path_overrides,
+)
 from labelfree.data import Dataset, ViewLoader, build_dataset
 from labelfree.distributed import (
+    ReadOnlyRunDir,
     World,
     check_world,
     distributed_world,
     prepare_model,
-    run_dir_for,
     set_gather_distributed,
 )
 from labelfree.evaluation import Evaluator, as_container, eval_epochs, summary_line, timed_record
 from labelfree.loggers import NullLogger, build_logger
 from labelfree.methods import SSLMethod, build_method
 from labelfree.metrics import check_metrics_config
-from labelfree.optim import build_optimizer, lr_factor
-from labelfree.rundir import RunDir
+from labelfree.optim import build_optimizer, check_optimizer_config, lr_factor
+from labelfree.rundir import RunDir, RunLock, RunLocked, add_log_file, write_atomic
 
 log = logging.getLogger(__name__)
 
 # Steps between reads of the training loss (NaN check, progress bar): each read syncs host and GPU.
 CHECK_EVERY = 10
-
-# Config keys allowed to differ between a checkpoint and the relaunch that resumes it.
-RESUME_MAY_DIFFER = (
-    "resume",
-    "logger",
-    "paths",
-    "trainer.device",
-    "trainer.num_workers",
-    "trainer.distributed.backend",
-    "trainer.distributed.timeout_min",
-    "eval.batch_size",
-)
+#: ``resume`` values other than a path.
+RESUME_MODES = ("auto", "never", "restart")
 
 
 class Diverged(RuntimeError):
@@ -103,8 +102,21 @@ def validate_config(cfg: DictConfig) -> None:
     """Checks that need no data: each failure is one line naming the key, the value and the fix."""
     for key in ("trainer.epochs", "trainer.batch_size"):
         value = OmegaConf.select(cfg, key)
-        if not isinstance(value, int) or value < 1:
+        if not _is_int(value) or value < 1:
             raise ValueError(f"{key}={value} must be a positive integer: set {key}=<n >= 1>.")
+    if not _is_int(cfg.seed) or cfg.seed < 0:
+        raise ValueError(
+            f"seed={cfg.seed!r} must be a non-negative integer: set seed=0 (or 1, 2...)."
+        )
+    warmup = cfg.trainer.warmup_epochs
+    if not _is_int(warmup) or warmup < 0:
+        raise ValueError(
+            f"trainer.warmup_epochs={warmup!r} must be an integer >= 0: e.g. "
+            "trainer.warmup_epochs=2."
+        )
+    check_optimizer_config(cfg.method.optimizer)
+    if cfg.resume in ("", None):
+        raise ValueError("resume is empty: use resume=auto | never | restart | PATH.")
     if cfg.trainer.augmentation not in ("batched", "lightly"):
         raise ValueError(
             f"trainer.augmentation={cfg.trainer.augmentation} is not one of: batched, lightly."
@@ -114,6 +126,10 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.eval.embedding not in ("backbone", "projector"):
         raise ValueError(f"eval.embedding={cfg.eval.embedding} is not one of: backbone, projector.")
     eval_epochs(cfg.eval.schedule, cfg.trainer.epochs)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate_data(cfg: DictConfig, dataset: Dataset) -> None:
@@ -151,71 +167,126 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(saved) | set(current)):
-        path = f"{prefix}{key}"
-        if any(path == k or path.startswith(k + ".") for k in RESUME_MAY_DIFFER):
-            continue
-        a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _config_diff(a, b, path + ".")
-        elif a != b:
-            diffs.append(f"{path}: {a} -> {b}")
-    return diffs
+@dataclass(frozen=True)
+class ResumePlan:
+    """How a launch continues its run directory (decided before anything is written).
+
+    Attributes:
+        run: the run directory to train in (the checkpoint's, for ``resume=PATH``).
+        checkpoint: the checkpoint to resume from, or None to start at epoch 0.
+        restart: ``resume=restart``: move the run's files aside first.
+    """
+
+    run: RunDir
+    checkpoint: Path | None = None
+    restart: bool = False
 
 
-def find_checkpoint(cfg: DictConfig, run: RunDir) -> Path | None:
-    """The checkpoint to resume from (``resume``: auto | never | PATH), or None to start fresh."""
-    if cfg.resume == "never":
-        if run.read_records():
-            raise ValueError(
-                f"resume=never but {run.metrics_path} already holds records: delete the run "
-                f"directory or choose another one (hydra.run.dir=...)."
-            )
-        return None
-    if cfg.resume == "auto":
-        return run.last_checkpoint if run.last_checkpoint.exists() else None
-    path = Path(cfg.resume).expanduser()
+def target_run_dir(resume: str, run_dir: Path) -> tuple[Path, Path | None]:
+    """The run directory a launch trains in and the explicit checkpoint of ``resume=PATH``.
+
+    ``resume=PATH`` names a run directory or a ``last.pt``; a checkpoint inside
+    ``<dir>/checkpoints/`` resumes in ``<dir>``, a loose file starts this launch's run from it.
+    """
+    if resume in RESUME_MODES:
+        return run_dir, None
+    path = Path(resume).expanduser()
     path = path / "checkpoints" / "last.pt" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(
-            f"resume={cfg.resume}: no checkpoint there; pass a run directory or a last.pt."
+            f"resume={resume}: no checkpoint there; pass a run directory, a last.pt, or one of "
+            f"{', '.join(RESUME_MODES)}."
         )
-    return path
+    if path.parent.name == "checkpoints":
+        return path.parent.parent.resolve(), path
+    return run_dir, path
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train and evaluate one run in ``run_dir``; returns the final ``run.json`` contents.
+def plan_resume(resume: str, run_dir: Path) -> ResumePlan:
+    """Decide how to continue ``run_dir`` (read-only; refusals raise and change nothing).
 
-    Under torchrun or multi-task submitit jobs every process calls this; they form one DDP run
-    (:mod:`labelfree.distributed`) in which rank 0 evaluates and writes the run directory.
+    - ``auto``: continue from ``checkpoints/last.pt``; with no checkpoint, start at epoch 0,
+      unless records after epoch 0 exist: then refuse, since starting over would silently
+      replace trained epochs (restore the checkpoint, or ``resume=restart``);
+    - ``never``: start at epoch 0 in a directory without records or checkpoint, else refuse;
+    - ``restart``: move every file of the run aside (``.restarts/<time>/``), start at epoch 0;
+    - ``PATH``: continue from that checkpoint (:func:`target_run_dir`).
     """
-    validate_config(cfg)
-    device = resolve_device(cfg.trainer.device)
-    with distributed_world(cfg.trainer.distributed, device=device) as world:
-        return _train(cfg, run_dir, world=world, device=world.device(device))
+    target, explicit = target_run_dir(resume, run_dir)
+    run = RunDir(target)
+    if explicit is not None:
+        return ResumePlan(run, checkpoint=explicit)
+    if resume == "restart":
+        return ResumePlan(run, restart=True)
+    if resume == "never":
+        if run.read_records() or run.last_checkpoint.exists():
+            raise ValueError(
+                f"resume=never but {run.path} already holds a run (metrics.jsonl or "
+                f"checkpoints/last.pt): choose another directory (hydra.run.dir=...), or "
+                f"resume=restart to start it over (its files are moved aside)."
+            )
+        return ResumePlan(run)
+    if run.last_checkpoint.exists():
+        return ResumePlan(run, checkpoint=run.last_checkpoint)
+    trained = run.trained_epochs()
+    if trained:
+        raise ValueError(
+            f"{run.metrics_path} holds records up to epoch {trained[-1]} but "
+            f"{run.last_checkpoint} is missing, so the run cannot continue: restore the "
+            f"checkpoint, or start over with resume=restart (the old records are moved aside, "
+            f"not deleted)."
+        )
+    return ResumePlan(run)
 
 
-def _train(cfg: DictConfig, run_dir: str | Path, *, world: World, device: torch.device) -> dict:
-    check_world(
-        cfg.trainer.distributed, batch_size=cfg.trainer.batch_size, world_size=world.world_size
-    )
-    run = run_dir_for(run_dir, world)
-    ckpt_path = find_checkpoint(cfg, run)
-    if ckpt_path is not None and ckpt_path.parent.parent != run.path:
-        run = run_dir_for(ckpt_path.parent.parent, world)
-        log.info("Resuming in the checkpoint's run directory %s", run.path)
-    world.barrier()  # every rank has chosen its checkpoint before rank 0 writes one
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked before the launch writes anything."""
+
+    plan: ResumePlan
+    config: dict
+    dataset: Dataset
+    model: SSLMethod
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]
+    loader: ViewLoader
+    evaluator: Evaluator | None
+    precision: str
+    channels_last: bool
+    state: dict | None
+
+
+def _prepare(cfg: DictConfig, run_dir: Path, *, world: World, device: torch.device) -> Prepared:
+    """Decide the resume, load the data, build and restore the model: reads only, writes nothing.
+
+    Raises ``ValueError``/``FileNotFoundError`` naming the value and the fix; the run directory
+    is left as it was.
+    """
+    plan = plan_resume(str(cfg.resume), run_dir)
+    config = as_container(cfg)
+    state = None
+    if plan.checkpoint is not None:
+        state = load_checkpoint(plan.checkpoint)
+        reference, source = state["config"], str(plan.checkpoint)
+    else:
+        reference = plan.run.read_status().get("config") if plan.run.read_records() else None
+        source = str(plan.run.run_json_path)
+    diffs = config_diff(reference, config) if reference and not plan.restart else []
+    if diffs:
+        raise ValueError(
+            f"{source} was trained with a different config ({'; '.join(diffs[:5])}"
+            f"{'; ...' if len(diffs) > 5 else ''}): relaunch with that config, train it in "
+            f"another directory (hydra.run.dir=...), or start this one over with resume=restart."
+        )
     precision = resolve_precision(cfg.trainer.precision, device)
-
     dataset, model = build_model(cfg, world)
     validate_data(cfg, dataset)
     channels_last = resolve_channels_last(cfg.trainer.channels_last, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    loss_fn = prepare_model(model, world, sync_batchnorm=cfg.trainer.distributed.sync_batchnorm)
     optimizer = build_optimizer(model, cfg.method.optimizer, batch_size=cfg.trainer.batch_size)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a checkpoint sets scheduled lrs
+    if state is not None:
+        restore(state, plan.checkpoint, model, optimizer)
     loader = ViewLoader(
         dataset.train.images,
         as_container(cfg.data.augment),
@@ -243,55 +314,137 @@ def _train(cfg: DictConfig, run_dir: str | Path, *, world: World, device: torch.
         if world.is_main
         else None
     )
+    return Prepared(
+        plan,
+        config,
+        dataset,
+        model,
+        optimizer,
+        base_lrs,
+        loader,
+        evaluator,
+        precision,
+        channels_last,
+        state,
+    )
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train and evaluate one run in ``run_dir``; returns the final ``run.json`` contents.
+
+    A launch owns its run only once everything is checked: the config is valid, the run's lock
+    is taken, the resume is decided, the data is loaded and the model restored. Until then it
+    writes nothing, so a refused launch (a bad value, a config that differs from the
+    checkpoint's, ``resume=never`` on an existing run, a missing dataset, a run another process
+    trains) leaves the run directory byte for byte as it was; :func:`record_refused_launch`
+    notes the error in a directory that holds no run yet. Once owned, an error marks
+    ``run.json`` failed (Ctrl-C: ``interrupted``) and is raised again.
+
+    Under torchrun or multi-task submitit jobs every process calls this; they form one DDP run
+    (:mod:`labelfree.distributed`) in which rank 0 holds the lock, evaluates and writes.
+    """
+    run_dir = Path(run_dir)
+    validate_config(cfg)
+    target, _ = target_run_dir(str(cfg.resume), run_dir)
+    device = resolve_device(cfg.trainer.device)
+    with distributed_world(cfg.trainer.distributed, device=device) as world:
+        check_world(
+            cfg.trainer.distributed, batch_size=cfg.trainer.batch_size, world_size=world.world_size
+        )
+        device = world.device(device)
+        lock = RunLock(target) if world.is_main else None
+        try:
+            if lock is not None:
+                lock.acquire()
+            prepared = world.agree(lambda: _prepare(cfg, run_dir, world=world, device=device))
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        try:
+            return _run(cfg, prepared, world=world, device=device)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def record_refused_launch(cfg: DictConfig, run_dir: str | Path, error: BaseException) -> None:
+    """Note why a launch stopped before owning its run, in a directory that holds no run yet.
+
+    A sweep summary then names the job and its error. A directory that already holds a run
+    (``run.json``, records or a checkpoint), or that another process has locked, is left alone.
+    """
+    try:
+        target, _ = target_run_dir(str(cfg.resume), Path(run_dir))
+    except (FileNotFoundError, ValueError):
+        target = Path(run_dir)
+    if target != Path(run_dir).resolve() and target != Path(run_dir):
+        # resume=PATH trains elsewhere: Hydra's directory for this launch stays unused
+        with contextlib.suppress(OSError):
+            Path(run_dir).rmdir()  # only if empty
+        return
+    run = RunDir(run_dir)
+    if any(p.exists() for p in (run.run_json_path, run.metrics_path, run.checkpoint_dir)):
+        return
+    try:
+        with RunLock(run.path):
+            run.update_status(
+                name=OmegaConf.select(cfg, "run_name", default=run.path.name),
+                status="failed",
+                error=_one_line(error),
+                overrides=launch_overrides()[0],
+            )
+    except (RunLocked, OSError):
+        return
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error; an ``OSError`` as ``<reason>: <path>`` (no errno prefix)."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _run(cfg: DictConfig, prepared: Prepared, *, world: World, device: torch.device) -> dict:
+    """The owned part of a launch: write the run's files and train it (rank 0 writes)."""
+    plan = prepared.plan
+    run = plan.run if world.is_main else ReadOnlyRunDir(plan.run.path)
+    if world.is_main and plan.restart:
+        aside = run.move_aside()
+        if aside is not None:
+            log.warning("resume=restart: the previous files of %s are in %s", run.path, aside)
+    file_log = add_log_file(run.path / "train.log") if world.is_main else None
+    try:
+        if world.is_main:
+            write_launch_files(run.path, cfg)
+        return _train_owned(cfg, prepared, run, world=world, device=device)
+    finally:
+        if file_log is not None:
+            logging.getLogger().removeHandler(file_log)
+            file_log.close()
+
+
+def _train_owned(
+    cfg: DictConfig, prepared: Prepared, run: RunDir, *, world: World, device: torch.device
+) -> dict:
+    model, optimizer, loader = prepared.model, prepared.optimizer, prepared.loader
+    evaluator, state, config = prepared.evaluator, prepared.state, prepared.config
+    precision, channels_last = prepared.precision, prepared.channels_last
+    base_lrs = prepared.base_lrs
     epochs, steps_per_epoch = cfg.trainer.epochs, len(loader)
     total_steps, warmup_steps = (
         epochs * steps_per_epoch,
         cfg.trainer.warmup_epochs * steps_per_epoch,
     )
     schedule = set(eval_epochs(cfg.eval.schedule, epochs))
-    config = as_container(cfg)
 
     epoch, step, elapsed, loss = 0, 0, 0.0, None
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path)
-        diffs = _config_diff(state["config"], config)
-        if diffs:
-            raise ValueError(
-                f"{ckpt_path} was trained with a different config ({'; '.join(diffs[:5])}): "
-                f"relaunch with the same overrides, or start a new run (resume=never in another "
-                f"hydra.run.dir)."
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
         epoch, step, elapsed = state["epoch"], state["step"], state["elapsed_s"]
         loss = state.get("loss")  # for a scheduled record of that epoch still missing
-        log.info("Resumed from %s at epoch %d (step %d)", ckpt_path, epoch, step)
-    records = (
-        {r["epoch"] for r in run.keep_records_through(epoch)}
-        if run.metrics_path.exists()
-        else set()
-    )
-
-    logger = (
-        build_logger(cfg.logger, run_dir=run.path, config=config) if world.is_main else NullLogger()
-    )
-    status = run.update_status(
-        name=cfg.run_name,
-        method=cfg.method.name,
-        arch=cfg.arch.name,
-        data=cfg.data.name,
-        seed=cfg.seed,
-        experiment=cfg.experiment_name,
-        status="running",
-        epochs=epochs,
-        last_epoch=epoch if ckpt_path else None,
-        error=None,
-        device=str(device),
-        world_size=world.world_size,
-        host=socket.gethostname(),
-        pid=os.getpid(),  # of rank 0: a requeued or resumed job records its new process
-        config=config,
-    )
+        log.info("Resumed from %s at epoch %d (step %d)", prepared.plan.checkpoint, epoch, step)
+    records: set[int] = set()
+    logger = NullLogger()
     started = time.perf_counter()
 
     def now() -> float:
@@ -324,8 +477,35 @@ def _train(cfg: DictConfig, run_dir: str | Path, *, world: World, device: torch.
         if epoch in schedule:
             world.barrier()  # the other ranks wait for rank 0's evaluation
 
+    final = "failed"
     try:
-        if ckpt_path is None:
+        records.update(r["epoch"] for r in run.keep_records_through(epoch))
+        if world.is_main:
+            logger = build_logger(cfg.logger, run_dir=run.path, config=config)
+        overrides, sweep = launch_overrides()
+        status = run.update_status(
+            name=run.read_status().get("name") or cfg.run_name,
+            method=cfg.method.name,
+            arch=cfg.arch.name,
+            data=cfg.data.name,
+            seed=cfg.seed,
+            experiment=cfg.experiment_name,
+            identity={
+                "overrides": identity_overrides(overrides, cfg, factor_experiment=sweep),
+                "hash": config_hash(cfg),
+            },
+            status="running",
+            epochs=epochs,
+            last_epoch=epoch if state is not None else None,
+            error=None,
+            device=str(device),
+            world_size=world.world_size,
+            host=socket.gethostname(),
+            pid=os.getpid(),  # of rank 0: a requeued or resumed job records its new process
+            config=config,
+        )
+        loss_fn = prepare_model(model, world, sync_batchnorm=cfg.trainer.distributed.sync_batchnorm)
+        if state is None:
             checkpoint()
         evaluate(loss=loss)  # epoch 0, or a scheduled record missing after an interruption
         while epoch < epochs:
@@ -353,14 +533,53 @@ def _train(cfg: DictConfig, run_dir: str | Path, *, world: World, device: torch.
                 status = run.update_status(last_epoch=epoch)
                 logger.log_train({"train/loss": loss, "epoch": epoch}, step=step)
             evaluate(loss=loss)
-        status = run.update_status(status="completed", wall_s=round(now(), 1))
+        final = "completed"
+        status = run.update_status(status=final, wall_s=round(now(), 1))
     except Diverged as err:
-        status = run.update_status(status="diverged", error=str(err), wall_s=round(now(), 1))
+        final = "diverged"
+        status = run.update_status(status=final, error=str(err), wall_s=round(now(), 1))
         log.error(str(err))
+    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or submitit's requeue on a signal
+        final = "interrupted"
+        detail = "Ctrl-C" if isinstance(err, KeyboardInterrupt) else "stopped to be requeued"
+        _mark(run, final, f"interrupted at epoch {epoch} ({detail})", now())
+        raise
+    except BaseException as err:
+        message = _one_line(err)
+        expected = isinstance(err, ValueError | FileNotFoundError | RuntimeError | OSError)
+        _mark(run, "failed", message if expected else f"{type(err).__name__}: {message}", now())
+        raise
     finally:
-        logger.finish(run.read_status().get("status", "failed"))
+        logger.finish(final)
         log.info("Run directory: %s (metrics.jsonl: %d records)", run.path, len(records))
     return status
+
+
+def _mark(run: RunDir, status: str, error: str, wall_s: float) -> None:
+    """Record how an owned run stopped; a failure to write that (a full disk) is logged only."""
+    try:
+        run.update_status(status=status, error=error, wall_s=round(wall_s, 1))
+    except OSError as err:
+        log.error("Could not record status %s in %s: %s", status, run.run_json_path, err)
+
+
+def write_launch_files(run_dir: Path, cfg: DictConfig) -> None:
+    """Write ``.hydra/`` (config, hydra and overrides YAML) for the launch that owns the run.
+
+    Hydra's own copies are switched off (``hydra.output_subdir: null``): Hydra writes them at
+    every launch before any check, so a refused launch would leave a config that does not
+    describe the run.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = run_dir / ".hydra"
+    write_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        write_atomic(
+            folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg}))
+        )
+        write_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
 
 
 @contextmanager
@@ -456,8 +675,12 @@ def _train_epoch(
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> dict | None:
-    """Hydra entry point: one line per failure, ``run.json`` marked failed, results kept."""
+def _app(cfg: DictConfig) -> dict | None:
+    """Hydra task: one line per failure; a run it owned is marked failed, results kept.
+
+    In a sweep a failing job returns ``{"status": "failed", "error": ...}`` instead of raising, so
+    the other jobs go on and the sweep summary names it.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
@@ -466,18 +689,27 @@ def main(cfg: DictConfig) -> dict | None:
     multirun = hydra_cfg.mode == hydra.types.RunMode.MULTIRUN
     try:
         return train(cfg, run_dir)
+    except KeyboardInterrupt:
+        log.error("Interrupted (Ctrl-C): relaunch the same command to resume %s.", run_dir)
+        sys.exit(130)
     except Exception as err:  # in a sweep, even a bug must not sink the other jobs
-        expected = isinstance(err, ValueError | FileNotFoundError | RuntimeError)
+        expected = isinstance(err, ValueError | FileNotFoundError | RuntimeError | OSError)
         if not (expected or multirun):
             raise  # a bug in a single run: the full traceback
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = _one_line(err)
         log.error("%s: %s", type(err).__name__, message, exc_info=not expected)
-        if int(os.environ.get("RANK", 0)) == 0:  # under DDP rank 0 writes run.json
-            error = message if expected else f"{type(err).__name__}: {message}"
-            RunDir(run_dir).update_status(status="failed", error=error)
+        if int(os.environ.get("RANK", 0)) == 0:  # under DDP rank 0 notes it
+            record_refused_launch(cfg, run_dir, err)
         if multirun:
-            return None  # one failing job must not stop the rest of a sweep (sweep_summary.json)
+            error = message if expected else f"{type(err).__name__}: {message}"
+            return {"status": "failed", "error": error, "run_dir": str(run_dir)}
         sys.exit(1)
+
+
+def main() -> None:
+    """Console-script entry point (``labelfree-train``): run-directory paths need no quoting."""
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
+    _app()
 
 
 if __name__ == "__main__":

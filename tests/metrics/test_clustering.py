@@ -130,7 +130,8 @@ def test_silhouette_invariant_to_label_permutation_and_values(overlapping_blobs)
     b = overlapping_blobs
     perm = np.random.default_rng(0).permutation(b.k)
     relabelled = perm[b.y] * 7 + 100  # permuted and non-contiguous ids
-    assert silhouette(b.x, relabelled) == pytest.approx(silhouette(b.x, b.y), abs=1e-12)
+    # equal up to float32 rounding: relabelling reorders the one-hot columns of the block sums
+    assert silhouette(b.x, relabelled) == pytest.approx(silhouette(b.x, b.y), abs=1e-7)
 
 
 def test_sampled_silhouette_is_close_to_exact(overlapping_blobs):

@@ -1,4 +1,4 @@
-"""Fixtures for the scale-out tests: tiny run settings and the W&B offline run files."""
+"""Fixtures for the scale-out tests: the W&B offline run files."""
 
 from __future__ import annotations
 
@@ -7,24 +7,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
-# Small enough for several processes at once on 2 cores: 400 train / 200 test digits, 3 steps per
-# epoch, a 2-stage CNN, 2 k-means restarts.
-TINY = [
-    "trainer.epochs=2",
-    "trainer.batch_size=128",
-    "trainer.warmup_epochs=1",
-    "eval.schedule=every:1",
-    "data.train_per_class=40",
-    "data.test_per_class=20",
-    "arch.widths=[16,32]",
-    "metrics.kmeans.n_runs=2",
-]
-
-
-@pytest.fixture(scope="session")
-def tiny_overrides() -> list[str]:
-    return list(TINY)
 
 
 def read_wandb_file(path: Path):

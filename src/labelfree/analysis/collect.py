@@ -8,21 +8,22 @@ tree. The tidy table has one row per run x evaluation with the run's identity co
 Every run that is skipped or only partly usable is reported in an issues table (written as
 ``skipped_runs.csv`` by ``labelfree-analyze``) with one row per problem:
 
-==========================  ========  ====================================================
-reason                      action    when
-==========================  ========  ====================================================
-``missing_run_json``        skipped   ``metrics.jsonl`` without ``run.json`` (no identity)
-``unreadable_run_json``     skipped   ``run.json`` is not a JSON object
-``missing_fields``          skipped   ``run.json`` lacks ``method``, ``arch`` or ``data``
-``failed`` / ``diverged``   skipped   run status; the run's ``error`` is in ``detail``
-``unknown_status``          skipped   status not one of :data:`STATUSES`
-``running``                 included  live or killed run; excluded if ``include_running=False``
-``no_evaluations``          skipped   no usable record in ``metrics.jsonl``
-``truncated_last_line``     included  last line cut mid-write; the good lines are kept
-``bad_line``                included  an unparsable line before the last one; dropped
-``missing_epoch``           included  a record without ``epoch``; dropped
-``duplicate_epoch``         included  an epoch evaluated twice; the last record is kept
-==========================  ========  ====================================================
+============================  ========  ==========================================================
+reason                        action    when
+============================  ========  ==========================================================
+``missing_run_json``          skipped   ``metrics.jsonl`` without ``run.json`` (no identity)
+``unreadable_run_json``       skipped   ``run.json`` is not a JSON object
+``missing_fields``            skipped   ``run.json`` lacks ``method``, ``arch`` or ``data``
+``failed`` / ``diverged``     skipped   run status; the run's ``error`` is in ``detail``
+``unknown_status``            skipped   status not one of :data:`STATUSES`
+``running``, ``interrupted``  included  a run not finished; skipped with ``include_running=False``
+``no_evaluations``            skipped   no usable record in ``metrics.jsonl``
+``truncated_last_line``       included  last line cut mid-write; the good lines are kept
+``bad_line``                  included  an unparsable line before the last one; dropped
+``missing_epoch``             included  a record without ``epoch``; dropped
+``duplicate_epoch``           included  an epoch evaluated twice; the last record is kept
+``duplicate``                 skipped   the config of a run that got further (a copy of it)
+============================  ========  ==========================================================
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
+
+from labelfree.config import config_hash
+from labelfree.rundir import STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,6 @@ RUN_COLUMNS = (
 POSITION_KEYS = ("epoch", "step", "wall_s", "eval_s")
 #: Columns of the issues table (``skipped_runs.csv``).
 ISSUE_COLUMNS = ("run_dir", "name", "status", "action", "reason", "detail")
-#: Valid values of ``run.json``'s ``status``.
-STATUSES = ("running", "completed", "failed", "diverged")
 
 _SKIP_DIRS = {"checkpoints", "wandb", "__pycache__"}
 
@@ -243,14 +245,14 @@ def _load_run(run_dir: Path, *, include_running: bool) -> _RunLoad:
         detail = f"unknown status {status!r}; expected one of: {', '.join(STATUSES)}"
         load.issues.append(_issue(run_dir, info, "skipped", "unknown_status", detail))
         return load
-    if status == "running":
+    if status in ("running", "interrupted"):
         detail = (
-            f"status running (last finished epoch {info.get('last_epoch')} of "
+            f"status {status} (last finished epoch {info.get('last_epoch')} of "
             f"{info.get('epochs')}): "
         )
         if include_running:
             load.issues.append(
-                _issue(run_dir, info, "included", "running", detail + "included as it stands")
+                _issue(run_dir, info, "included", status, detail + "included as it stands")
             )
         else:
             load.issues.append(
@@ -258,7 +260,7 @@ def _load_run(run_dir: Path, *, include_running: bool) -> _RunLoad:
                     run_dir,
                     info,
                     "skipped",
-                    "running",
+                    status,
                     detail + "skipped because include_running=false",
                 )
             )
@@ -289,6 +291,51 @@ def _load_run(run_dir: Path, *, include_running: bool) -> _RunLoad:
     load.info = info
     load.records = [by_epoch[epoch] for epoch in sorted(by_epoch)]
     return load
+
+
+def _identity(info: dict) -> str | None:
+    """A run's identity: data, arch, method, seed and the hash of its result-relevant config.
+
+    None when ``run.json`` holds no config (:mod:`labelfree.config`).
+    """
+    if isinstance(info.get("config"), dict):
+        digest = config_hash(info["config"])
+    elif isinstance(info.get("identity"), dict) and info["identity"].get("hash"):
+        digest = info["identity"]["hash"]
+    else:
+        return None
+    fields = [_field(info, key) for key in ("data", "arch", "method")]
+    return "-".join(map(str, [*fields, f"s{info.get('seed')}", digest]))
+
+
+def _progress(load: _RunLoad) -> tuple:
+    """How far a run got: completed first, then more evaluations, then the later epoch."""
+    epochs = [int(r["epoch"]) for r in load.records]
+    return (load.info.get("status") == "completed", len(epochs), max(epochs, default=-1))
+
+
+def _drop_duplicates(loads: dict[Path, _RunLoad]) -> None:
+    """Keep one run per identity (the most advanced); the others become ``duplicate`` issues.
+
+    Two directories with the same result-relevant config are copies of one run (a copied sweep,
+    a run relaunched under another directory): counting both would add a stale copy as a seed.
+    """
+    groups: dict[str, list[Path]] = {}
+    for run_dir, load in loads.items():
+        key = _identity(load.info) if load.info is not None else None
+        if key is not None:
+            groups.setdefault(key, []).append(run_dir)
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        kept = max(members, key=lambda d: _progress(loads[d]))  # ties: the first found
+        for run_dir in members:
+            if run_dir == kept:
+                continue
+            load = loads[run_dir]
+            detail = f"same identity ({key}) as {kept}, which got further; kept that one"
+            load.issues.append(_issue(run_dir, load.info, "skipped", "duplicate", detail))
+            load.info, load.records = None, []
 
 
 def _order_record_keys(keys: Iterable[str]) -> list[str]:
@@ -356,8 +403,9 @@ def collect_runs(
     rows: list[dict] = []
     issues: list[dict] = []
     iterator = tqdm(run_dirs, desc="Loading runs", unit="run", disable=None if progress else True)
-    for run_dir in iterator:
-        load = _load_run(run_dir, include_running=include_running)
+    loads = {run_dir: _load_run(run_dir, include_running=include_running) for run_dir in iterator}
+    _drop_duplicates(loads)
+    for run_dir, load in loads.items():
         for issue in load.issues:
             log.warning(
                 "%s: %s (%s): %s",
