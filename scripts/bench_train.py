@@ -35,9 +35,9 @@ from labelfree.backbones import build_backbone
 from labelfree.data import PILViews, ViewLoader, build_dataset
 from labelfree.distributed import World
 from labelfree.evaluation import Evaluator
+from labelfree.loop import Trainer, train_epoch
 from labelfree.methods import build_method
 from labelfree.optim import build_optimizer
-from labelfree.train import _train_epoch
 
 
 def compose_cfg(root: str | None, overrides: list[str]):
@@ -109,7 +109,7 @@ def time_reference(cfg, images, device, *, precision, channels_last, steps, warm
 
 
 def time_ours(cfg, images, device, *, precision, channels_last, epochs, cuda_graphs=False):
-    """labelfree.train's epoch loop (``_train_epoch``) fed by its ViewLoader (batched on device)."""
+    """labelfree's epoch loop (``labelfree.loop.train_epoch``) fed by its ViewLoader (batched)."""
     model, optimizer = new_model(cfg, device, channels_last)
     aug = OmegaConf.to_container(cfg.data.augment, resolve=True)
     views = OmegaConf.to_container(cfg.method.views, resolve=True)
@@ -117,18 +117,18 @@ def time_ours(cfg, images, device, *, precision, channels_last, epochs, cuda_gra
         images, aug, views, batch_size=cfg.trainer.batch_size, device=device,
         cuda_graphs=cuda_graphs,
     )  # fmt: skip
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    kwargs = dict(
-        total_steps=(epochs + 1) * len(loader), warmup_steps=0, device=device, precision=precision,
-        channels_last=channels_last, seed=0, epochs=epochs + 1,
+    trainer = Trainer(
+        model=model, loss_fn=model.loss, optimizer=optimizer,
+        base_lrs=[g["lr"] for g in optimizer.param_groups], loader=loader, world=World(),
+        device=device, precision=precision, channels_last=channels_last, seed=0,
+        epochs=epochs + 1, warmup_epochs=0,
     )  # fmt: skip
     start = None
     for epoch in range(epochs + 1):  # the first epoch warms up (cuDNN autotuning, allocator)
         if epoch == 1:
             sync(device)
             start = time.perf_counter()
-        _train_epoch(model, model.loss, World(), optimizer, loader, base_lrs, epoch=epoch + 1,
-                     step=epoch * len(loader), **kwargs)  # fmt: skip
+        train_epoch(trainer, epoch=epoch + 1, step=epoch * len(loader))
     sync(device)
     return epochs * len(loader) * cfg.trainer.batch_size / (time.perf_counter() - start), model
 

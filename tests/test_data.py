@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from labelfree.data import ViewLoader, balanced_subset, build_dataset
-from labelfree.evaluation import as_container
+from labelfree.config import as_container
 
 
 def test_digits_default(compose_train):

@@ -131,9 +131,6 @@ def test_format_table_writes_nan():
 @pytest.mark.slow
 def test_checkpoint_branch(eval_cli, tmp_path):
     """labelfree-train writes a tiny run; labelfree-eval re-embeds its checkpoint."""
-    evaluation = pytest.importorskip("labelfree.evaluation")
-    if not hasattr(evaluation, "embed_checkpoint"):
-        pytest.skip("labelfree.evaluation.embed_checkpoint is not implemented yet")
     train = subprocess.run(
         [sys.executable, "-m", "labelfree.train", "trainer.epochs=1", "trainer.batch_size=128",
          "trainer.warmup_epochs=0", "eval.schedule=every:1", f"paths.output_dir={tmp_path}"],
@@ -154,3 +151,30 @@ def test_checkpoint_branch(eval_cli, tmp_path):
     )
     assert full.returncode == 0, full.stderr
     assert len(json.loads((tmp_path / "full.json").read_text())) == 12
+
+
+@pytest.mark.slow
+def test_checkpoint_is_embedded_in_the_precision_the_run_was_evaluated_in(
+    compose_train, tiny_overrides, tmp_path
+):
+    """A run trained and evaluated in bf16 is embedded in bf16 by labelfree-eval checkpoint=,
+    through the same evaluator builder as training (it used to fall back to fp32)."""
+    import torch
+
+    from labelfree.build import build_evaluator, build_model
+    from labelfree.eval import embed_checkpoint
+    from labelfree.train import train
+
+    cfg = compose_train(*tiny_overrides, "trainer.epochs=1", "trainer.precision=bf16")
+    train(cfg, tmp_path)
+    data = embed_checkpoint(tmp_path / "checkpoints" / "last.pt", device="cpu")
+    assert data["precision"] == "bf16"
+    dataset, model = build_model(cfg)
+    model.load_state_dict(torch.load(tmp_path / "checkpoints" / "last.pt")["model"])
+    device = torch.device("cpu")
+    evaluator = build_evaluator(cfg, dataset, device=device)
+    assert evaluator.precision == "bf16"
+    expected = evaluator.embeddings(model)["test"]
+    torch.testing.assert_close(data["embeddings"], expected, rtol=0, atol=0)
+    evaluator.precision = "fp32"
+    assert not torch.equal(data["embeddings"], evaluator.embeddings(model)["test"])

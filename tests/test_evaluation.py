@@ -40,7 +40,7 @@ def test_schedule_list_outside_range():
 
 
 def test_embed_matches_direct_forward_in_eval_mode(compose_train):
-    from labelfree.train import build_model
+    from labelfree.build import build_model
 
     cfg = compose_train()
     dataset, model = build_model(cfg)

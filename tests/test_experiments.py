@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from labelfree.evaluation import eval_epochs
-from labelfree.reproduce import list_experiments, plan_sweep
+from labelfree.sweep.plan import list_experiments, plan_sweep
 
 EXPERIMENTS = ["cifar10_cpu", "cross_arch", "demo", "paper_cifar10", "paper_cifar100"]
 PAPER_METHODS = {"simsiam", "simclr", "moco_v2"}

@@ -161,7 +161,7 @@ def test_preemption_signal_waits_for_the_end_of_a_deferred_block():
     import os
     import signal
 
-    from labelfree.train import deferred_preemption
+    from labelfree.preemption import deferred_preemption
 
     calls = []
     previous = signal.signal(signal.SIGUSR2, lambda num, _frame: calls.append(num))

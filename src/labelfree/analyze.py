@@ -31,10 +31,10 @@ from labelfree.analysis.correlate import (
     within_run_correlations,
 )
 from labelfree.analysis.figures import write_figures
+from labelfree.analysis.labels import metric_label
 from labelfree.analysis.report import (
     CELLS,
     TableFile,
-    metric_label,
     write_summary,
     write_tables,
 )

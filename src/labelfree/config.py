@@ -61,6 +61,20 @@ MAX_SUFFIX = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,:+@%\[\]{}-]")
 
 
+def as_container(cfg: Any) -> Any:
+    """Plain Python containers from a config node (resolved), for kwargs and JSON.
+
+    Anything that is not a config node is returned as it is.
+
+    Examples:
+        >>> as_container(OmegaConf.create({"a": "${b}", "b": [1]}))
+        {'a': [1], 'b': [1]}
+    """
+    if isinstance(cfg, DictConfig | ListConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
 def is_result_key(key: str) -> bool:
     """Whether a dotted config key can change results (not under :data:`NON_RESULT_KEYS`).
 

@@ -39,8 +39,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from labelfree.rundir import RunDir
-
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "nccl", "gloo")
@@ -256,32 +254,3 @@ def set_gather_distributed(method_cfg: dict[str, Any], world: World) -> dict[str
     if world.distributed and "gather_distributed" in method_cfg:
         return {**method_cfg, "gather_distributed": True}
     return method_cfg
-
-
-class ReadOnlyRunDir(RunDir):
-    """The run directory as ranks other than 0 see it: they read it, rank 0 writes it.
-
-    ``keep_records_through`` and ``update_status`` return what rank 0 will write without writing
-    it; ``append_record`` does nothing.
-    """
-
-    def keep_records_through(self, last_epoch: int) -> list[dict]:
-        """The records rank 0 keeps on resume (nothing is rewritten here)."""
-        seen, kept = set(), []
-        for record in self.read_records():
-            if record["epoch"] <= last_epoch and record["epoch"] not in seen:
-                seen.add(record["epoch"])
-                kept.append(record)
-        return kept
-
-    def append_record(self, record: dict) -> None:
-        """Rank 0 appends the records."""
-
-    def update_status(self, **fields: Any) -> dict:
-        """``run.json`` as rank 0 will write it (not written here)."""
-        return {**self.read_status(), **fields}
-
-
-def run_dir_for(path, world: World) -> RunDir:
-    """A writable :class:`RunDir` on rank 0, a :class:`ReadOnlyRunDir` elsewhere."""
-    return RunDir(path) if world.is_main else ReadOnlyRunDir(path)

@@ -29,8 +29,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from labelfree.build import build_evaluator, build_model, resolve_device
+from labelfree.checkpoint import load_checkpoint, restore
 from labelfree.config import quote_path_overrides
 from labelfree.metrics import compute_metrics
+from labelfree.rundir import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +175,35 @@ def format_table(results: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device={name!r} is not a torch device (cpu, cuda, cuda:1 ...).") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here: use device=cpu.")
-    return device
+def embed_checkpoint(path: str | Path, device: str | torch.device | None = None) -> dict:
+    """Rebuild a run from its checkpoint and embed its evaluation splits as training did.
+
+    The model, the evaluation split, the probe's train split and the forward precision are the
+    run's own (:func:`labelfree.build.build_evaluator`, the builder training uses), so a run
+    evaluated in bf16 is embedded in bf16 here too.
+
+    Returns:
+        dict with ``embeddings``/``labels`` (test split), ``train_embeddings``/``train_labels``,
+        ``metrics_config`` (the run's metrics node), ``seed``, ``epoch`` and ``precision``.
+    """
+    device = resolve_device(device, key="device")
+    state = load_checkpoint(path, map_location="cpu")
+    cfg = OmegaConf.create(state["config"])
+    dataset, model = build_model(cfg)
+    restore(state, path, model)
+    model.to(device)
+    evaluator = build_evaluator(cfg, dataset, device=device)
+    z = evaluator.embeddings(model)
+    return {
+        "embeddings": z["test"],
+        "labels": evaluator.splits["test"].labels,
+        "train_embeddings": z["train"],
+        "train_labels": evaluator.splits["train"].labels,
+        "metrics_config": cfg.metrics,
+        "seed": int(cfg.seed) + int(state["epoch"]),
+        "epoch": int(state["epoch"]),
+        "precision": evaluator.precision,
+    }
 
 
 def _overridden(prefix: str) -> bool:
@@ -198,13 +220,6 @@ def _overridden(prefix: str) -> bool:
 
 
 def _from_checkpoint(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Any], Any, int]:
-    try:
-        from labelfree.evaluation import embed_checkpoint
-    except ImportError as err:
-        raise ValueError(
-            "checkpoint= needs labelfree.evaluation.embed_checkpoint, which this installation "
-            f"lacks ({err}); embed the split yourself and pass embeddings=Z.npy."
-        ) from err
     path = Path(cfg.checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path.resolve()}")
@@ -241,7 +256,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
             "checkpoint=RUN_DIR/checkpoints/last.pt "
             f"(got embeddings={cfg.embeddings!r}, checkpoint={cfg.checkpoint!r})."
         )
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device, key="device")
     if cfg.checkpoint is not None:
         arrays, metrics_cfg, seed = _from_checkpoint(cfg, device)
         source = str(cfg.checkpoint)
@@ -273,11 +288,8 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     )
     results["eval_s"] = time.perf_counter() - start
     out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {k: (None if math.isnan(v) else v) for k, v in results.items()}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(out)
+    write_atomic(out, json.dumps(payload, indent=2) + "\n")
     name = OmegaConf.select(metrics_cfg, "name") if isinstance(metrics_cfg, DictConfig) else None
     print(f"labelfree-eval: {source} (metrics={name or metrics_cfg.get('name')}, seed={seed})")
     print(format_table(results))

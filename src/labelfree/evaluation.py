@@ -12,22 +12,22 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import ListConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from labelfree.data import Dataset, Split, balanced_subset, to_float
 from labelfree.metrics import compute_metrics
+from labelfree.records import LOSS_KEY, make_record
 
 log = logging.getLogger(__name__)
 
 # Headline keys of the one-line summary logged per evaluation.
 SUMMARY_KEYS = (
-    "train/loss",
+    LOSS_KEY,
     "lf/silhouette",
     "lf/kmeans_agreement",
     "lf/entropy",
@@ -230,60 +230,10 @@ def timed_record(
     wall_s: float,
     loss: float | None,
 ) -> dict:
-    """The full record of one evaluation: position, timing, training loss and metrics."""
+    """The full record of one evaluation (:func:`labelfree.records.make_record`)."""
     start = time.perf_counter()
     metrics = evaluator(model, epoch=epoch)
     eval_s = time.perf_counter() - start
-    return {
-        "epoch": epoch,
-        "step": step,
-        "wall_s": round(wall_s + eval_s, 3),
-        "eval_s": round(eval_s, 3),
-        "train/loss": loss,
-        **metrics,
-    }
-
-
-def embed_checkpoint(path: str | Path, device: str | torch.device | None = None) -> dict:
-    """Rebuild a run from its checkpoint and embed its evaluation splits (for ``labelfree-eval``).
-
-    Returns:
-        dict with ``embeddings``/``labels`` (test split), ``train_embeddings``/``train_labels``,
-        ``metrics_config`` (the run's metrics node), ``seed`` and ``epoch``.
-    """
-    from labelfree.checkpoint import load_checkpoint, restore
-    from labelfree.train import build_model, resolve_device
-
-    device = resolve_device(device or "auto")
-    state = load_checkpoint(path, map_location="cpu")
-    cfg = OmegaConf.create(state["config"])
-    dataset, model = build_model(cfg)
-    restore(state, path, model)
-    model.to(device)
-    evaluator = Evaluator(
-        dataset,
-        cfg.metrics,
-        normalize=cfg.data.normalize,
-        device=device,
-        embedding=cfg.eval.embedding,
-        batch_size=cfg.eval.batch_size,
-        train_per_class=cfg.eval.train_per_class,
-        seed=cfg.seed,
+    return make_record(
+        epoch=epoch, step=step, wall_s=wall_s, eval_s=eval_s, loss=loss, metrics=metrics
     )
-    z = evaluator.embeddings(model)
-    return {
-        "embeddings": z["test"],
-        "labels": evaluator.splits["test"].labels,
-        "train_embeddings": z["train"],
-        "train_labels": evaluator.splits["train"].labels,
-        "metrics_config": cfg.metrics,
-        "seed": int(cfg.seed) + int(state["epoch"]),
-        "epoch": int(state["epoch"]),
-    }
-
-
-def as_container(cfg: DictConfig | ListConfig | Mapping | None):
-    """Plain Python containers from a config node (for kwargs and JSON)."""
-    if isinstance(cfg, DictConfig | ListConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg

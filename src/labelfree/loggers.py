@@ -3,13 +3,14 @@
 ``metrics.jsonl`` in the run directory is the source of truth whatever the logger; a logger mirrors
 records elsewhere. Registry: ``LOGGERS[name]``; ``conf/logger/<name>.yaml`` holds its keyword
 arguments. A logger has three methods: ``log_record`` (one evaluation record, after it was
-appended to ``metrics.jsonl``), ``log_train`` (training scalars once per epoch) and ``finish``.
+appended to ``metrics.jsonl``), ``log_train`` (training scalars once per epoch) and ``finish``,
+and one attribute, ``status_fields``: what the trainer should keep in ``run.json`` for it (the
+W&B run id, so that a resumed run reopens its W&B run). Loggers never write ``run.json``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import netrc
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from labelfree.records import LOSS_KEY, POSITION_KEYS, VALUE_PREFIXES
 from labelfree.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -36,18 +38,18 @@ class CSVLogger:
     all record keys and it never disagrees with the JSON lines.
     """
 
-    def __init__(self, *, run_dir: str | Path, config: Mapping[str, Any]):
-        self.run_dir = Path(run_dir)
+    status_fields: Mapping[str, Any] = {}
+
+    def __init__(
+        self, *, run_dir: str | Path, config: Mapping[str, Any], status: Mapping[str, Any]
+    ):
+        self.run = RunDir(run_dir)
 
     def log_record(self, record: Mapping[str, Any]) -> None:
         """Rewrite metrics.csv from metrics.jsonl."""
-        records = [
-            json.loads(line)
-            for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()
-            if line
-        ]
+        records = self.run.read_records()
         columns = list(dict.fromkeys(k for r in records for k in r))
-        with (self.run_dir / "metrics.csv").open("w", newline="") as f:
+        with (self.run.path / "metrics.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(records)
@@ -61,6 +63,8 @@ class CSVLogger:
 
 class NullLogger:
     """Logs nothing: the logger of DDP ranks other than 0 (rank 0 logs for the whole run)."""
+
+    status_fields: Mapping[str, Any] = {}
 
     def log_record(self, record: Mapping[str, Any]) -> None:
         """Nothing to do."""
@@ -142,9 +146,10 @@ class WandbLogger:
     (``wandb sync``). wandb is imported only when this logger is chosen (``logger=wandb``).
 
     Args:
-        run_dir: the run directory (``run.json`` holds the W&B run id).
+        run_dir: the run directory (the default place of ``wandb/``).
         config: the resolved run config, logged as the W&B config with secret-like keys redacted
             (:func:`scrub_secrets`).
+        status: the run's ``run.json`` so far: a ``wandb_id`` there is reopened (a resume).
         project: W&B project.
         entity: W&B entity (user or team); None: the key's default entity.
         group: W&B group (default ``experiment_name``: one group per sweep).
@@ -167,6 +172,7 @@ class WandbLogger:
         *,
         run_dir: str | Path,
         config: Mapping[str, Any],
+        status: Mapping[str, Any],
         project: str,
         entity: str | None = None,
         group: str | None = None,
@@ -185,16 +191,16 @@ class WandbLogger:
                 "logger=wandb needs the wandb package: pip install 'labelfree[wandb]'."
             ) from None
         mode, reason = resolve_wandb_mode(mode)
-        run = RunDir(run_dir)
-        run_id = run.read_status().get("wandb_id") or uuid.uuid4().hex[:12]
-        root = Path(dir or os.environ.get("WANDB_DIR") or run.path)
+        run_dir = Path(run_dir)
+        run_id = status.get("wandb_id") or uuid.uuid4().hex[:12]
+        root = Path(dir or os.environ.get("WANDB_DIR") or run_dir)
         root.mkdir(parents=True, exist_ok=True)
         try:
             self.run = wandb.init(
                 project=project,
                 entity=entity,
                 group=group,
-                name=run_name or run.path.name,
+                name=run_name or run_dir.name,
                 tags=[str(t) for t in tags],
                 notes=notes,
                 job_type=job_type,
@@ -212,9 +218,10 @@ class WandbLogger:
                 f"WANDB_API_KEY / `wandb login`, or log offline with logger.mode=offline."
             ) from None
         self.run.define_metric("epoch")
-        for pattern in ("train/*", "lf/*", "sup/*", "step", "wall_s", "eval_s"):
+        patterns = [f"{prefix}*" for prefix in VALUE_PREFIXES] + list(POSITION_KEYS[1:])
+        for pattern in patterns:  # every record key is plotted against the epoch
             self.run.define_metric(pattern, step_metric="epoch")
-        run.update_status(wandb_id=run_id, wandb_project=project, wandb_mode=mode)
+        self.status_fields = {"wandb_id": run_id, "wandb_project": project, "wandb_mode": mode}
         if mode == "offline":
             log.info(
                 "W&B is offline (%s): run %s is saved in %s; upload it with `wandb sync %s`",
@@ -228,7 +235,7 @@ class WandbLogger:
 
     def log_record(self, record: Mapping[str, Any]) -> None:
         """Log one evaluation record against its epoch (``train/loss`` comes from log_train)."""
-        self.run.log({k: v for k, v in record.items() if v is not None and k != "train/loss"})
+        self.run.log({k: v for k, v in record.items() if v is not None and k != LOSS_KEY})
 
     def log_train(self, values: Mapping[str, Any], *, step: int) -> None:
         """Log the epoch's training scalars (``train/loss``, ``epoch``) and the optimizer step."""
@@ -251,10 +258,19 @@ class WandbLogger:
 LOGGERS: dict[str, type] = {"csv": CSVLogger, "wandb": WandbLogger}
 
 
-def build_logger(cfg: Mapping[str, Any], *, run_dir: str | Path, config: Mapping[str, Any]):
-    """Instantiate ``LOGGERS[cfg["name"]]`` with the config's other keys as keyword arguments."""
+def build_logger(
+    cfg: Mapping[str, Any],
+    *,
+    run_dir: str | Path,
+    config: Mapping[str, Any],
+    status: Mapping[str, Any],
+):
+    """Instantiate ``LOGGERS[cfg["name"]]`` with the config's other keys as keyword arguments.
+
+    ``status`` is the run's ``run.json`` so far (a resumed run's logger reopens its own run).
+    """
     name = cfg["name"]
     if name not in LOGGERS:
         raise ValueError(f"Unknown logger '{name}'. Choose one of: {', '.join(sorted(LOGGERS))}.")
     kwargs = {k: v for k, v in cfg.items() if k != "name"}
-    return LOGGERS[name](run_dir=run_dir, config=config, **kwargs)
+    return LOGGERS[name](run_dir=run_dir, config=config, status=status, **kwargs)

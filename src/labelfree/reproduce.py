@@ -36,24 +36,29 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from labelfree.analysis.report import TableFile
 from labelfree.analyze import AnalysisResult, analyze, check_output
-from labelfree.rundir import RunDir
+from labelfree.sweep.plan import (
+    MISSING,
+    RunStatus,
+    SweepPlan,
+    list_experiments,
+    plan_sweep,
+    read_statuses,
+    run_sweep,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +68,6 @@ DEFAULT_EXPERIMENT = "demo"
 DEFAULT_OUTPUT = "outputs/reproduce/{experiment}"
 #: Prefix of the arguments passed to the analysis (``analysis.bootstrap.n_resamples=200``).
 ANALYSIS_PREFIX = "analysis."
-#: ``run.json`` status of a run the sweep did not start (no run directory).
-MISSING = "missing"
 #: What each figure family of the analysis shows (file name prefix -> text of main_table.md).
 FIGURE_KINDS = {
     "curves": "metric and linear-probe accuracy vs epoch, per method",
@@ -83,53 +86,6 @@ class Arguments:
     train: bool = True
     train_overrides: list[str] = field(default_factory=list)
     analysis_overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
-class SweepPlan:
-    """What ``labelfree-train -m experiment=NAME <overrides>`` will run, found before running it.
-
-    Attributes:
-        experiment: The experiment name.
-        overrides: The overrides passed to ``labelfree-train`` after ``-m experiment=NAME``.
-        sweep_dir: The sweep directory (``hydra.sweep.dir``), absolute.
-        jobs: Each job's override list, in launch order.
-        run_dirs: Each job's run directory (``hydra.sweep.dir/hydra.sweep.subdir``), absolute.
-        launcher: The Hydra launcher's class name.
-        sweep_keys: The swept keys and their values, e.g. ``{"method": "simclr,simsiam"}``.
-    """
-
-    experiment: str
-    overrides: list[str]
-    sweep_dir: Path
-    jobs: list[list[str]]
-    run_dirs: list[Path]
-    launcher: str
-    sweep_keys: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def command(self) -> list[str]:
-        """The sweep's command line."""
-        return [
-            sys.executable,
-            "-m",
-            "labelfree.train",
-            "-m",
-            f"experiment={self.experiment}",
-            *self.overrides,
-        ]
-
-
-@dataclass
-class RunStatus:
-    """One job of the sweep after it ran: its ``run.json`` status, or ``missing``."""
-
-    name: str
-    run_dir: Path
-    status: str
-    last_epoch: int | None = None
-    epochs: int | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -158,17 +114,6 @@ class ReproduceResult:
     def wall_s(self) -> float:
         """Total wall time, seconds."""
         return self.sweep_s + self.analysis_s
-
-
-def list_experiments() -> list[str]:
-    """Names of the experiment configs shipped in ``conf/experiment/``.
-
-    Examples:
-        >>> "demo" in list_experiments()
-        True
-    """
-    folder = resources.files("labelfree.conf") / "experiment"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def _as_bool(key: str, value: str) -> bool:
@@ -217,114 +162,6 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
             "(files of conf/experiment/)."
         )
     return args
-
-
-def _compose_train(overrides: list[str]) -> DictConfig:
-    return compose("train", overrides=overrides, return_hydra_config=True)
-
-
-def _job_run_dir(overrides: list[str]) -> Path:
-    cfg = _compose_train([*overrides, "hydra.mode=MULTIRUN"])  # names as the sweep's jobs get
-    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-
-
-def plan_sweep(experiment: str, overrides: Sequence[str] = ()) -> SweepPlan:
-    """Expand an experiment's sweep without running it: its jobs and their run directories.
-
-    Composes ``train.yaml`` with ``experiment=NAME`` and the non-sweep overrides (so a bad key
-    fails here, before any training), reads ``hydra.sweeper.params``, combines it with the sweep
-    overrides as Hydra's basic sweeper does (a command-line value replaces the experiment's for
-    the same key) and composes each job to find its run directory.
-
-    Args:
-        experiment: Name of a file in ``conf/experiment/``.
-        overrides: Overrides for ``labelfree-train -m experiment=NAME``.
-
-    Returns:
-        The :class:`SweepPlan`.
-
-    Raises:
-        ValueError: If the overrides do not compose, or two jobs share a run directory.
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    overrides = list(overrides)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module("labelfree.conf", version_base="1.3"):
-            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-            arguments = [f"experiment={experiment}", *overrides]
-            parsed = parser.parse_overrides(arguments)
-            fixed = [a for a, o in zip(arguments, parsed, strict=True) if not o.is_sweep_override()]
-            cfg = _compose_train(fixed)
-            params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-            params = {str(k): str(v) for k, v in params.items()}
-            sweep_keys = dict(params)
-            for o in parsed:
-                if o.is_sweep_override():
-                    sweep_keys[o.get_key_element()] = ",".join(o.sweep_string_iterator())
-                elif o.get_key_element() in sweep_keys:
-                    sweep_keys.pop(o.get_key_element())
-            swept = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + arguments)
-            batches = BasicSweeper.split_arguments(swept, max_batch_size=None)
-            jobs = [job for batch in batches for job in batch]
-            run_dirs = [Path(os.path.abspath(_job_run_dir(job))) for job in jobs]
-            sweep_dir = Path(os.path.abspath(str(cfg.hydra.sweep.dir)))
-            launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_") or "unknown")
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ValueError(
-            f"labelfree-train -m experiment={experiment} {shlex.join(overrides)} does not compose: "
-            f"{error}"
-        ) from error
-    finally:
-        GlobalHydra.instance().clear()
-    seen: dict[Path, list[str]] = {}
-    for job, run_dir in zip(jobs, run_dirs, strict=True):
-        if run_dir in seen:
-            raise ValueError(
-                f"Jobs {seen[run_dir]} and {job} would share the run directory {run_dir}: "
-                "they differ only in keys that cannot change results (labelfree.config."
-                "NON_RESULT_KEYS), or run_name was set to a fixed value; sweep a key that "
-                "changes results, or leave run_name to its default."
-            )
-        seen[run_dir] = job
-    return SweepPlan(
-        experiment=experiment,
-        overrides=overrides,
-        sweep_dir=sweep_dir,
-        jobs=jobs,
-        run_dirs=run_dirs,
-        launcher=launcher.rsplit(".", 1)[-1],
-        sweep_keys=sweep_keys,
-    )
-
-
-def run_sweep(plan: SweepPlan) -> int:
-    """Launch the sweep as a subprocess (output streamed to this terminal); its exit status."""
-    log.info("Sweep command: %s", shlex.join(plan.command))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(plan.command, env=env, check=False).returncode
-
-
-def read_statuses(plan: SweepPlan) -> list[RunStatus]:
-    """The ``run.json`` status of every job of the plan (``missing`` where none was written)."""
-    statuses = []
-    for run_dir in plan.run_dirs:
-        try:
-            info = RunDir(run_dir).read_status() if (run_dir / "run.json").is_file() else {}
-        except ValueError as error:  # not JSON: a run killed while writing it, or edited by hand
-            info = {"status": "unreadable", "error": f"run.json: {error}"}
-        statuses.append(
-            RunStatus(
-                name=run_dir.name,
-                run_dir=run_dir,
-                status=str(info.get("status", MISSING)),
-                last_epoch=info.get("last_epoch"),
-                epochs=info.get("epochs"),
-                error=info.get("error"),
-            )
-        )
-    return statuses
 
 
 def compose_analysis(
@@ -456,7 +293,7 @@ def reproduce(
             the analysis rejects its input (the message says why).
         FileNotFoundError: If a run directory disappears before the analysis.
     """
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     plan = plan_sweep(experiment, overrides)
     output = Path(os.path.abspath(output or DEFAULT_OUTPUT.format(experiment=experiment)))
     check_output(output)
@@ -489,7 +326,7 @@ def reproduce(
         else:
             log.info("train=false: no training, analysing the run directories as they are.")
         sweep_s = time.perf_counter() - started
-        runs = read_statuses(plan)
+        runs = read_statuses(plan, since=started_at)
         log.info("Runs: %s (sweep %s)", _status_counts(runs), _duration(sweep_s))
         for run in runs:
             if run.status != "completed":

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from labelfree.records import STATUSES
+
 log = logging.getLogger(__name__)
 
-#: ``run.json`` statuses: ``interrupted`` is a run stopped by Ctrl-C or a requeue signal.
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 #: Where ``resume=restart`` and dropped records put the files they replace (never deleted).
 ASIDE_DIR = ".restarts"
 LOCK_NAME = "run.lock"
@@ -105,25 +105,52 @@ class RunDir:
         self.last_checkpoint = self.checkpoint_dir / "last.pt"
         self.lock_path = self.path / LOCK_NAME
 
-    def read_records(self) -> list[dict]:
-        """All complete records; a truncated last line (killed mid-write) is dropped, warning."""
+    def load_records(self) -> tuple[list[dict], list[tuple[str, str]]]:
+        """The complete records, tolerating damage, and a ``(reason, detail)`` per problem.
+
+        Reasons: ``truncated_last_line`` (a write cut short; the lines before it are kept) and
+        ``bad_line`` (an unparsable line before the last; dropped). No file: no records.
+        """
         if not self.metrics_path.exists():
-            return []
-        records = []
-        lines = self.metrics_path.read_text().splitlines()
-        for i, line in enumerate(lines):
+            return [], []
+        with open(self.metrics_path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        records: list[dict] = []
+        problems: list[tuple[str, str]] = []
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:
-                    log.warning("Dropping a truncated last line of %s", self.metrics_path)
-                    continue
-                raise ValueError(
-                    f"{self.metrics_path} line {i + 1} is not valid JSON: "
-                    f"repair or remove that line."
-                ) from None
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                record, message = None, f"{error.msg} at column {error.colno}"
+            else:
+                message = f"expected a JSON object, got {type(record).__name__}"
+            if isinstance(record, dict):
+                records.append(record)
+            elif number == len(lines):
+                detail = (
+                    f"line {number} of {number} is cut off ({message}); kept the "
+                    f"{len(records)} complete record(s) before it"
+                )
+                problems.append(("truncated_last_line", detail))
+            else:
+                problems.append(("bad_line", f"line {number} dropped ({message})"))
+        return records, problems
+
+    def read_records(self) -> list[dict]:
+        """All complete records; a truncated last line (killed mid-write) is dropped, warning.
+
+        Raises:
+            ValueError: a damaged line before the last (not a write cut short): repair it.
+        """
+        records, problems = self.load_records()
+        for reason, detail in problems:
+            if reason == "bad_line":
+                raise ValueError(f"{self.metrics_path}: {detail}: repair or remove that line.")
+            log.warning("%s: %s", self.metrics_path, detail)
         return records
 
     def trained_epochs(self) -> list[int]:
@@ -137,14 +164,7 @@ class RunDir:
         from the history being resumed. They are not deleted but moved to
         ``.restarts/<time>/metrics.dropped.jsonl``. Nothing is written when nothing is dropped.
         """
-        records = self.read_records()
-        seen, kept, dropped = set(), [], []
-        for record in records:
-            if record["epoch"] <= last_epoch and record["epoch"] not in seen:
-                seen.add(record["epoch"])
-                kept.append(record)
-            else:
-                dropped.append(record)
+        kept, dropped = _split_records(self.read_records(), last_epoch)
         if dropped:
             aside = self.aside_dir()
             write_atomic(aside / "metrics.dropped.jsonl", _jsonl(dropped))
@@ -207,6 +227,38 @@ class RunDir:
         for entry in entries:
             shutil.move(str(entry), aside / entry.name)
         return aside
+
+
+class ReadOnlyRunDir(RunDir):
+    """The run directory as DDP ranks other than 0 see it: they read it, rank 0 writes it.
+
+    ``keep_records_through`` and ``update_status`` return what rank 0 will write without writing
+    it; ``append_record`` does nothing.
+    """
+
+    def keep_records_through(self, last_epoch: int) -> list[dict]:
+        """The records rank 0 keeps on resume (nothing is rewritten here)."""
+        return _split_records(self.read_records(), last_epoch)[0]
+
+    def append_record(self, record: dict) -> None:
+        """Rank 0 appends the records."""
+
+    def update_status(self, **fields: Any) -> dict:
+        """``run.json`` as rank 0 will write it (not written here)."""
+        return {**self.read_status(), **fields}
+
+
+def _split_records(records: list[dict], last_epoch: int) -> tuple[list[dict], list[dict]]:
+    """Records up to ``last_epoch`` (first of each epoch), and the rest."""
+    seen: set[int] = set()
+    kept, dropped = [], []
+    for record in records:
+        if record["epoch"] <= last_epoch and record["epoch"] not in seen:
+            seen.add(record["epoch"])
+            kept.append(record)
+        else:
+            dropped.append(record)
+    return kept, dropped
 
 
 def _jsonl(records: list[dict]) -> str:

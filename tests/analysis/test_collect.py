@@ -6,12 +6,12 @@ import pytest
 
 from labelfree.analysis.collect import (
     ISSUE_COLUMNS,
-    POSITION_KEYS,
     RUN_COLUMNS,
     collect_runs,
     find_run_dirs,
     read_metrics,
 )
+from labelfree.records import POSITION_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_read_metrics_nan_bad_lines_duplicates(tmp_path, make_records, write_run
     lines.append(json.dumps({"step": 5, "lf/entropy": 1.0}))  # no epoch
     run = write_run(tmp_path / "run", records=[])
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n\n")
-    parsed, problems = read_metrics(run / "metrics.jsonl")
+    parsed, problems = read_metrics(run)
     assert len(parsed) == 7
     assert problems == [("bad_line", problems[0][1])]
     assert "line 2" in problems[0][1]

@@ -15,13 +15,11 @@ from labelfree.analysis.correlate import (
     correlation,
     cross_run_correlations,
     final_evaluations,
-    fit_monotone,
-    flag_outliers,
-    local_trend_residuals,
     metric_columns,
     select_variant,
     within_run_correlations,
 )
+from labelfree.analysis.outliers import fit_monotone, flag_outliers, local_trend_residuals
 
 SCIPY = {"spearman": stats.spearmanr, "pearson": stats.pearsonr, "kendall": stats.kendalltau}
 METRICS = ["lf/silhouette", "lf/kmeans_agreement", "lf/entropy", "sup/kmeans_gt_ami"]

@@ -4,12 +4,10 @@ import pytest
 
 from labelfree.analysis.collect import collect_runs
 from labelfree.analysis.correlate import cross_run_correlations, within_run_correlations
+from labelfree.analysis.labels import latex_escape, metric_label, order_metrics
 from labelfree.analysis.report import (
     cross_run_table,
     format_cell,
-    latex_escape,
-    metric_label,
-    order_metrics,
     paper_table,
     to_latex,
     to_markdown,

@@ -20,8 +20,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from labelfree.callbacks import summarize_sweep, write_sweep_summary
 from labelfree.rundir import RunDir
+from labelfree.sweep.summary import summarize_sweep, write_sweep_summary
 
 TIMING_KEYS = {"wall_s", "eval_s"}
 

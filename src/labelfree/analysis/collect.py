@@ -33,7 +33,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from labelfree.config import config_hash
-from labelfree.rundir import STATUSES
+from labelfree.records import STATUSES, UNFINISHED, order_keys
+from labelfree.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ RUN_COLUMNS = (
     "experiment",
     "epochs",
 )
-#: Record keys placed first among the record columns (position and timing).
-POSITION_KEYS = ("epoch", "step", "wall_s", "eval_s")
 #: Columns of the issues table (``skipped_runs.csv``).
 ISSUE_COLUMNS = ("run_dir", "name", "status", "action", "reason", "detail")
 
@@ -140,47 +139,21 @@ def find_run_dirs(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     return sorted(found, key=lambda p: _natural_key(str(p)))
 
 
-def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Read ``metrics.jsonl``, tolerating a truncated last line.
+def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The records of a run directory's ``metrics.jsonl`` for analysis, and its problems.
 
-    ``NaN``/``Infinity`` (written by Python's json) and ``null`` become float NaN/inf; ``null``
-    becomes NaN. Lines that do not parse are dropped and reported.
+    Parsed by :meth:`labelfree.rundir.RunDir.load_records` (a truncated last line or a bad line
+    is dropped and reported); ``null`` becomes NaN (as ``NaN``/``Infinity`` already are).
 
     Args:
-        path: The ``metrics.jsonl`` file.
+        run_dir: The run directory.
 
     Returns:
-        The parsed records (dicts), and a list of ``(reason, detail)`` problems, with reasons
+        The records (dicts), and a list of ``(reason, detail)`` problems, with reasons
         ``truncated_last_line`` and ``bad_line``.
     """
-    problems: list[tuple[str, str]] = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        lines = handle.read().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    records: list[dict] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            record, message = None, f"{error.msg} at column {error.colno}"
-        else:
-            message = f"expected a JSON object, got {type(record).__name__}"
-        if isinstance(record, dict):
-            records.append({k: (math.nan if v is None else v) for k, v in record.items()})
-        elif number == len(lines):
-            problems.append(
-                (
-                    "truncated_last_line",
-                    f"line {number} of {number} is cut off ({message}); kept the "
-                    f"{len(records)} complete record(s) before it",
-                )
-            )
-        else:
-            problems.append(("bad_line", f"line {number} dropped ({message})"))
-    return records, problems
+    records, problems = RunDir(run_dir).load_records()
+    return [{k: (math.nan if v is None else v) for k, v in r.items()} for r in records], problems
 
 
 def _field(info: dict, key: str) -> object:
@@ -223,7 +196,7 @@ def _load_run(run_dir: Path, *, include_running: bool) -> _RunLoad:
         )
         return load
     try:
-        info = json.loads(run_json.read_text(encoding="utf-8"))
+        info = RunDir(run_dir).read_status()
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         info = error
     if not isinstance(info, dict):
@@ -245,7 +218,7 @@ def _load_run(run_dir: Path, *, include_running: bool) -> _RunLoad:
         detail = f"unknown status {status!r}; expected one of: {', '.join(STATUSES)}"
         load.issues.append(_issue(run_dir, info, "skipped", "unknown_status", detail))
         return load
-    if status in ("running", "interrupted"):
+    if status in UNFINISHED:
         detail = (
             f"status {status} (last finished epoch {info.get('last_epoch')} of "
             f"{info.get('epochs')}): "
@@ -266,7 +239,7 @@ def _load_run(run_dir: Path, *, include_running: bool) -> _RunLoad:
             )
             return load
     metrics_path = run_dir / "metrics.jsonl"
-    records, problems = read_metrics(metrics_path) if metrics_path.is_file() else ([], [])
+    records, problems = read_metrics(run_dir)
     for reason, detail in problems:
         load.issues.append(_issue(run_dir, info, "included", reason, detail))
     without_epoch = [r for r in records if not isinstance(r.get("epoch"), int | float)]
@@ -336,22 +309,6 @@ def _drop_duplicates(loads: dict[Path, _RunLoad]) -> None:
             detail = f"same identity ({key}) as {kept}, which got further; kept that one"
             load.issues.append(_issue(run_dir, load.info, "skipped", "duplicate", detail))
             load.info, load.records = None, []
-
-
-def _order_record_keys(keys: Iterable[str]) -> list[str]:
-    """Position keys first, then ``train/``, ``lf/``, ``sup/`` and other keys, each sorted."""
-    keys = list(dict.fromkeys(keys))
-    prefixes = ("train/", "lf/", "sup/")
-
-    def rank(key: str) -> tuple:
-        if key in POSITION_KEYS:
-            return (0, POSITION_KEYS.index(key), key)
-        for i, prefix in enumerate(prefixes, start=1):
-            if key.startswith(prefix):
-                return (i, 0, key)
-        return (len(prefixes) + 1, 0, key)
-
-    return sorted(keys, key=rank)
 
 
 def collect_runs(
@@ -430,7 +387,7 @@ def collect_runs(
             "epochs": info.get("epochs"),
         }
         rows.extend({**identity, **record} for record in load.records)
-    record_keys = _order_record_keys(k for row in rows for k in row if k not in RUN_COLUMNS)
+    record_keys = order_keys(k for row in rows for k in row if k not in RUN_COLUMNS)
     runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *record_keys])
     if len(runs):
         runs["epoch"] = runs["epoch"].astype(int)

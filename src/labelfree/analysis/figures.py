@@ -5,7 +5,7 @@
 - ``scatter_<dataset>_<arch>_<metric>``: metric vs target, one panel per method, points coloured
   by epoch, the pooled coefficient and its interval in each panel title;
 - ``outliers_<dataset>_<arch>_<metric>``: the entropy-vs-epoch plot of the paper with "core" and
-  "outlier" points (rule: :func:`labelfree.analysis.correlate.flag_outliers`), with the
+  "outlier" points (rule: :func:`labelfree.analysis.outliers.flag_outliers`), with the
   coefficient on all points and on core points in each panel title;
 - ``cross_run_<dataset>``: final metric vs final target across runs, one panel per metric,
   colour = method, marker = architecture.
@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,17 +27,13 @@ from labelfree.analysis.correlate import (
     CROSS_RUN_AGGREGATE,
     correlation,
     final_evaluations,
-    flag_outliers,
 )
-from labelfree.analysis.report import COEFFICIENT_SYMBOLS, metric_label
+from labelfree.analysis.labels import COEFFICIENT_SYMBOLS, metric_label, slug
+from labelfree.analysis.outliers import flag_outliers
 
 log = logging.getLogger(__name__)
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-")
 
 
 def save_figure(
@@ -227,7 +222,7 @@ def plot_outliers(
 ) -> Figure:
     """Metric (entropy by default) vs epoch with "core" and "outlier" points marked.
 
-    Outliers follow :func:`labelfree.analysis.correlate.flag_outliers`, run by run; the grey
+    Outliers follow :func:`labelfree.analysis.outliers.flag_outliers`, run by run; the grey
     line joins each run's core points. When ``target`` is present, each panel title gives the
     coefficient with the target over all points and over core points (pooled over seeds): the
     paper's point that unstable early points can hide the trend.
@@ -372,7 +367,7 @@ def write_figures(
         correlations: The long table, for coefficients in titles.
         coefficient: Coefficient shown in titles.
         outlier_metric: Metric of the core/outlier plot; skipped with a log line when absent.
-        outlier_z: See :func:`labelfree.analysis.correlate.flag_outliers` (``z``).
+        outlier_z: See :func:`labelfree.analysis.outliers.flag_outliers` (``z``).
         outlier_min_deviation: Idem (``min_deviation``).
         outlier_window: Idem (``window``).
         outlier_epoch_fraction: Idem (``epoch_fraction``).
@@ -390,20 +385,20 @@ def write_figures(
     combos = runs[["dataset", "arch"]].drop_duplicates().sort_values(["dataset", "arch"])
     for dataset, arch in combos.itertuples(index=False):
         where = {"dataset": dataset, "arch": arch}
-        name = f"{_slug(dataset)}_{_slug(arch)}"
+        name = slug(dataset, arch)
         for metric in metrics:
             if not has_target:
                 break
             jobs.append(
                 (
-                    f"curves_{name}_{_slug(metric)}",
+                    f"curves_{name}_{slug(metric)}",
                     plot_metric_curves,
                     {**where, "metric": metric, "target": target},
                 )
             )
             jobs.append(
                 (
-                    f"scatter_{name}_{_slug(metric)}",
+                    f"scatter_{name}_{slug(metric)}",
                     plot_metric_vs_target,
                     {
                         **where,
@@ -417,7 +412,7 @@ def write_figures(
         if outlier_metric in runs.columns:
             jobs.append(
                 (
-                    f"outliers_{name}_{_slug(outlier_metric)}",
+                    f"outliers_{name}_{slug(outlier_metric)}",
                     plot_outliers,
                     {
                         **where,
@@ -438,7 +433,7 @@ def write_figures(
         for dataset in sorted(cross["dataset"].unique()):
             jobs.append(
                 (
-                    f"cross_run_{_slug(dataset)}",
+                    f"cross_run_{slug(dataset)}",
                     plot_cross_run,
                     {
                         "dataset": dataset,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,34 +22,18 @@ from labelfree.analysis.correlate import (
     CROSS_RUN_AGGREGATE,
     CROSS_RUN_VARIANT,
 )
+from labelfree.analysis.labels import (
+    COEFFICIENT_NAMES,
+    VARIANT_TEXT,
+    latex_escape,
+    metric_label,
+    order_metrics,
+    slug,
+)
 
 log = logging.getLogger(__name__)
 
 CELLS = ("mean_std", "pooled_ci")
-#: Plain-text and LaTeX labels of known keys (paper symbols where the paper has one).
-METRIC_LABELS = {
-    "lf/silhouette": ("S1", r"$S_1$"),
-    "lf/kmeans_agreement": ("AMI(C1;C2)", r"$\mathrm{AMI}(C_1;C_2)$"),
-    "lf/entropy": ("H(Z)", r"$H(Z)$"),
-    "lf/rankme": ("RankMe", "RankMe"),
-    "lf/alpha_req": ("alpha-ReQ", r"$\alpha$-ReQ"),
-    "lf/nesum": ("NESum", "NESum"),
-    "lf/uniformity": ("Uniformity", "Uniformity"),
-    "sup/kmeans_gt_ami": ("AMI(C1;C_GT)", r"$\mathrm{AMI}(C_1;C_{GT})$"),
-    "sup/linear_probe_acc": ("linear probe acc.", "linear probe acc."),
-    "sup/knn_acc": ("kNN acc.", "kNN acc."),
-    "sup/fewshot_probe_acc": ("few-shot probe acc.", "few-shot probe acc."),
-}
-#: Column order of the paper's tables; other metrics follow alphabetically.
-PAPER_ORDER = ("lf/silhouette", "lf/kmeans_agreement", "lf/entropy")
-COEFFICIENT_NAMES = {"spearman": "Spearman", "pearson": "Pearson", "kendall": "Kendall"}
-COEFFICIENT_SYMBOLS = {"spearman": "ρ_s", "pearson": "r", "kendall": "τ"}
-VARIANT_TEXT = {
-    "all": "all evaluations, epoch 0 (random initialisation) included",
-    "no_init": "epoch 0 (random initialisation) excluded",
-    "late": "evaluations at or after {late_fraction:g} of the planned epochs",
-    CROSS_RUN_VARIANT: "final evaluation of each completed run, across runs",
-}
 _NA = "n/a"
 
 
@@ -67,57 +50,6 @@ class TableFile:
     markdown: str
     markdown_path: Path
     latex_path: Path
-
-
-def metric_label(key: str, *, latex: bool = False) -> str:
-    """Display label of a metric key (the paper's symbol where known, else the key).
-
-    Examples:
-        >>> metric_label("lf/kmeans_agreement")
-        'AMI(C1;C2)'
-        >>> metric_label("lf/new_metric")
-        'lf/new_metric'
-    """
-    plain, tex = METRIC_LABELS.get(key, (key, None))
-    if not latex:
-        return plain
-    return tex if tex is not None else latex_escape(key)
-
-
-def order_metrics(metrics: Sequence[str]) -> list[str]:
-    """Paper order first (S1, AMI(C1;C2), H(Z)), then other ``lf/*``, then the rest."""
-
-    def rank(key: str) -> tuple:
-        if key in PAPER_ORDER:
-            return (0, PAPER_ORDER.index(key), key)
-        return (1 if key.startswith("lf/") else 2, 0, key)
-
-    return sorted(dict.fromkeys(metrics), key=rank)
-
-
-def latex_escape(text: str) -> str:
-    r"""Escape LaTeX special characters in plain text.
-
-    Examples:
-        >>> latex_escape("small_cnn & 50%")
-        'small\\_cnn \\& 50\\%'
-    """
-    replacements = {
-        "\\": r"\textbackslash{}",
-        "&": r"\&",
-        "%": r"\%",
-        "$": r"\$",
-        "#": r"\#",
-        "_": r"\_",
-        "{": r"\{",
-        "}": r"\}",
-        "~": r"\textasciitilde{}",
-        "^": r"\textasciicircum{}",
-        "±": r"$\pm$",
-        "–": "--",
-        "≥": r"$\geq$",
-    }
-    return re.sub(r"[\\&%$#_{}~^±–≥]", lambda m: replacements[m.group()], text)
 
 
 def _number(value: float, digits: int) -> str | None:
@@ -341,10 +273,6 @@ def table_caption(
     )
 
 
-def _slug(*parts: str) -> str:
-    return "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", str(p)).strip("-") for p in parts)
-
-
 def _n_seeds(correlations: pd.DataFrame) -> str:
     per_seed = correlations.loc[correlations["aggregate"] == "per_seed"]
     values = sorted(set(per_seed.groupby(["method", "metric"]).size().tolist())) or [0]
@@ -405,9 +333,9 @@ def write_tables(
                 latex = to_latex(
                     paper_table(part, **keys, **args, latex=True),
                     caption=caption,
-                    label="tab:" + _slug(dataset, arch, variant, target.split("/")[-1]),
+                    label="tab:" + slug(dataset, arch, variant, target.split("/")[-1]),
                 )
-                stem = out_dir / _slug(dataset, arch, variant, target.split("/")[-1], coefficient)
+                stem = out_dir / slug(dataset, arch, variant, target.split("/")[-1], coefficient)
                 written.append(_write(keys, coefficient, caption, markdown, latex, stem))
     cross = correlations[
         (correlations["aggregate"] == CROSS_RUN_AGGREGATE)
@@ -426,9 +354,9 @@ def write_tables(
             latex = to_latex(
                 cross_run_table(cross, **args, digits=digits, latex=True),
                 caption=caption,
-                label="tab:" + _slug(dataset, "cross-run", target.split("/")[-1]),
+                label="tab:" + slug(dataset, "cross-run", target.split("/")[-1]),
             )
-            stem = out_dir / _slug(dataset, "cross-run", target.split("/")[-1], coefficient)
+            stem = out_dir / slug(dataset, "cross-run", target.split("/")[-1], coefficient)
             written.append(_write(keys, coefficient, caption, markdown, latex, stem))
     log.info("Wrote %d tables (Markdown + LaTeX) to %s", len(written), out_dir)
     return written

@@ -30,10 +30,9 @@ import pandas as pd
 from labelfree.analysis.collect import (
     ISSUE_COLUMNS,
     RUN_COLUMNS,
-    STATUSES,
     Collection,
-    _order_record_keys,
 )
+from labelfree.records import STATUSES, order_keys
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ def collect_wandb(
                 "epochs": info["epochs"],
             }
             rows.extend({**identity, **record} for record in records)
-    keys = _order_record_keys(k for row in rows for k in row if k not in RUN_COLUMNS)
+    keys = order_keys(k for row in rows for k in row if k not in RUN_COLUMNS)
     runs_frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *keys])
     if len(runs_frame):
         runs_frame["epoch"] = runs_frame["epoch"].astype(int)
@@ -214,7 +213,7 @@ def merge_collections(*collections: Collection | None) -> Collection:
     """One :class:`Collection` from several sources (None entries are ignored)."""
     present = [c for c in collections if c is not None]
     runs = pd.concat([c.runs for c in present], ignore_index=True)
-    keys = _order_record_keys(k for k in runs.columns if k not in RUN_COLUMNS)
+    keys = order_keys(k for k in runs.columns if k not in RUN_COLUMNS)
     return Collection(
         runs=runs[[*RUN_COLUMNS, *keys]],
         issues=pd.concat([c.issues for c in present], ignore_index=True),

@@ -1,4 +1,4 @@
-"""Hydra callbacks: the end-of-sweep summary of which jobs failed and why.
+"""The end-of-sweep summary of which jobs failed and why (a Hydra callback).
 
 Registered in ``conf/hydra/default.yaml`` (``hydra.callbacks.sweep_summary``), so every
 ``labelfree-train -m ...`` sweep ends, whatever its launcher (basic, ``hydra/launcher=local``,
@@ -9,7 +9,7 @@ the summary reads those reports and each run directory's ``run.json`` (last fini
 
 A job that dies without returning (killed for memory, node failure, ``scancel``) makes submitit's
 result collection raise in the launcher before ``on_multirun_end``; the other jobs run on. Write
-the summary afterwards with ``python -m labelfree.callbacks SWEEP_DIR``.
+the summary afterwards with ``python -m labelfree.sweep.summary SWEEP_DIR``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from labelfree.rundir import RunDir, write_json_atomic
+from labelfree.rundir import RunDir, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,20 @@ def _started_at(job_dir: Path) -> float:
     return (marker if marker.exists() else job_dir / "run.json").stat().st_mtime
 
 
-def _reports(sweep_dir: Path, since: float | None) -> dict[str, dict]:
-    """What each job said when it ended (:meth:`SweepSummary.on_job_end`), by run directory."""
+def job_reports(sweep_dir: str | Path, since: float | None = None) -> dict[str, dict]:
+    """What each job said when it ended (:meth:`SweepSummary.on_job_end`), by run directory.
+
+    Keys are absolute run directories; only reports written at or after ``since``.
+    """
     reports: dict[str, dict] = {}
-    for path in sorted((sweep_dir / REPORTS_DIR).glob("*.json")):
+    for path in sorted((Path(sweep_dir) / REPORTS_DIR).glob("*.json")):
         try:
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if since is not None and report.get("time", 0) < since - _CLOCK_SLACK_S:
             continue
-        reports[report["run_dir"]] = report
+        reports[os.path.abspath(report["run_dir"])] = report
     return reports
 
 
@@ -91,10 +94,9 @@ def summarize_sweep(sweep_dir: str | Path, *, since: float | None = None) -> dic
         ``last_epoch``, ``epochs`` and ``overrides``.
     """
     sweep_dir = Path(sweep_dir)
-    reports = _reports(sweep_dir, since)
+    reports = job_reports(sweep_dir, since)
     dirs = {os.path.abspath(d): d for d in _job_dirs(sweep_dir)}
-    dirs.update({os.path.abspath(run_dir): Path(run_dir) for run_dir in reports})
-    reports = {os.path.abspath(run_dir): report for run_dir, report in reports.items()}
+    dirs.update({run_dir: Path(run_dir) for run_dir in reports})
     jobs = []
     for key, job_dir in sorted(dirs.items()):
         report = reports.get(key)
@@ -166,9 +168,7 @@ def write_sweep_summary(sweep_dir: str | Path, *, since: float | None = None) ->
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(sweep_dir / f"{SUMMARY_NAME}.json", summary)
-    tmp = sweep_dir / f".{SUMMARY_NAME}.md.tmp"
-    tmp.write_text(_markdown(summary))
-    tmp.replace(sweep_dir / f"{SUMMARY_NAME}.md")
+    write_atomic(sweep_dir / f"{SUMMARY_NAME}.md", _markdown(summary))
     completed = summary["counts"].get("completed", 0)
     log.info(
         "Sweep done: %d of %d job(s) completed; summary in %s",
@@ -236,7 +236,7 @@ class SweepSummary(Callback):
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m labelfree.callbacks SWEEP_DIR")
+        sys.exit("usage: python -m labelfree.sweep.summary SWEEP_DIR")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     result = write_sweep_summary(sys.argv[1])
     print(_markdown(result), end="")
