@@ -5,7 +5,7 @@ or random images with --synthetic). Variants, each on a fresh model with the sam
 
   reference   lightly SimCLRTransform on PIL images in DataLoader workers, fp32, NCHW (usual recipe)
   ours        labelfree.train's epoch loop: uint8 images on the device, batched per-sample views
-              (labelfree.augment), bf16 autocast, channels_last; last, the same with each view's
+              (labelfree.views), bf16 autocast, channels_last; last, the same with each view's
               augmentation replayed as a CUDA graph (trainer.cuda_graphs=true)
   ablations   each change alone, to show where the speed comes from
 
@@ -30,14 +30,14 @@ from hydra import compose, initialize_config_module
 from lightly.transforms import SimCLRTransform
 from omegaconf import OmegaConf
 
-from labelfree.augment import build_views
 from labelfree.backbones import build_backbone
-from labelfree.data import PILViews, ViewLoader, build_dataset
+from labelfree.data import build_dataset
 from labelfree.distributed import World
 from labelfree.evaluation import Evaluator
 from labelfree.loop import Trainer, train_epoch
 from labelfree.methods import build_method
 from labelfree.optim import build_optimizer
+from labelfree.views import PILViews, ViewLoader, build_views
 
 
 def compose_cfg(root: str | None, overrides: list[str]):

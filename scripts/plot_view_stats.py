@@ -32,7 +32,7 @@ from PIL import Image
 from scipy import stats
 from torchvision.transforms import RandomResizedCrop
 
-from labelfree.augment import ViewAugmentation, lightly_view_transform
+from labelfree.views import ViewAugmentation, lightly_view_transform
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 PRESETS = {

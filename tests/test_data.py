@@ -1,11 +1,10 @@
-"""Datasets: shapes, splits, subsets, errors that name the fix, and both view backends."""
+"""Datasets: shapes, splits, subsets, errors that name the fix (view backends: tests/views)."""
 
 import numpy as np
 import pytest
 import torch
 
-from labelfree.data import ViewLoader, balanced_subset, build_dataset
-from labelfree.config import as_container
+from labelfree.data import balanced_subset, build_dataset
 
 
 def test_digits_default(compose_train):
@@ -53,27 +52,3 @@ def test_imagefolder_on_real_cifar10(compose_train, cifar10_root):
     # real photographs: per-channel means near the archive's documented 0.485/0.477/0.439
     means = ds.train.images.float().mean(dim=(0, 2, 3)) / 255
     assert torch.allclose(means, torch.tensor([0.485, 0.477, 0.439]), atol=0.06)
-
-
-@pytest.mark.parametrize("backend", ["batched", "lightly"])
-def test_view_loader_replays_from_seed(compose_train, backend):
-    cfg = compose_train()
-    ds = build_dataset(cfg.data)
-    loader = ViewLoader(
-        ds.train.images,
-        as_container(cfg.data.augment),
-        as_container(cfg.method.views),
-        batch_size=128,
-        backend=backend,
-        num_workers=0,
-    )
-    first = [v for views in loader.epoch(torch.Generator().manual_seed(5)) for v in views]
-    again = [v for views in loader.epoch(torch.Generator().manual_seed(5)) for v in views]
-    other = next(loader.epoch(torch.Generator().manual_seed(6)))
-    assert len(loader) == 1347 // 128
-    assert len(first) == 2 * len(loader)
-    assert first[0].shape == (128, 1, 16, 16)
-    assert first[0].dtype == torch.float32
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    assert not torch.equal(first[0], other[0])
-    assert not torch.equal(first[0], first[1]), "the two views of a batch must differ"

@@ -3,8 +3,8 @@
 Every dataset yields two labelled splits of images at ``image_size``: ``train`` (the SSL training
 set; its labels are used only by the linear probe and kNN references, never by the SSL loss) and
 ``test`` (the evaluation split that the label-free metrics are computed on). Views for the SSL loss
-are made from the uint8 tensors by :mod:`labelfree.augment` (batched, on the training device) or by
-lightly's per-image transforms (the reference recipe); both take parameters from ``data.augment``.
+are made from the uint8 tensors by :mod:`labelfree.views` (batched, on the training device, or by
+lightly's per-image transforms, the reference recipe); both take parameters from ``data.augment``.
 
 Registry: ``DATASETS[loader]`` is a loader ``(**kwargs) -> (train, test, classes)``; the keys of
 ``conf/data/<loader>.yaml`` other than :data:`CONFIG_ONLY_KEYS` are its keyword arguments.
@@ -15,7 +15,6 @@ name, so two folders are two datasets); ``data.loader`` picks the loader.
 from __future__ import annotations
 
 import logging
-import random
 import tarfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -357,124 +356,3 @@ def to_float(images: Tensor, normalize: Mapping | None) -> Tensor:
         std = torch.as_tensor(list(normalize["std"]), device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
     return x
-
-
-class PILViews(torch.utils.data.Dataset):
-    """Per-image views with lightly's PIL transforms: the usual DataLoader-worker recipe."""
-
-    def __init__(self, images: Tensor, transforms: list[Callable]):
-        self.images, self.transforms = images, transforms
-        self.mode = "L" if images.shape[1] == 1 else "RGB"
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> list[Tensor]:
-        array = self.images[i].permute(1, 2, 0).numpy()
-        img = Image.fromarray(array[:, :, 0] if self.mode == "L" else array)
-        return [t(img) for t in self.transforms]
-
-
-class ViewLoader:
-    """Batches of augmented views for the SSL loss, one epoch at a time.
-
-    ``backend="batched"`` keeps the uint8 images on the training device and augments whole batches
-    there with per-sample random parameters (:class:`labelfree.augment.ViewAugmentation`).
-    ``backend="lightly"`` is the usual recipe: lightly's per-image PIL transforms in DataLoader
-    workers. Both draw everything (batch order, augmentation parameters, worker seeds) from the
-    epoch's generator, so an epoch replays exactly from its seed. The last incomplete batch is
-    dropped.
-
-    Under DDP (``world_size > 1``) ``batch_size`` is the global batch: every rank draws the same
-    permutation from the epoch's generator and takes its ``batch_size // world_size`` slice of
-    each global batch, so all ranks run ``len(self)`` steps and together see each image once per
-    epoch; the view augmentations of a rank come from a generator derived from the epoch's and
-    the rank.
-
-    Args:
-        images: (N, C, H, W) uint8 training images.
-        augment: ``data.augment``: lightly transform parameters shared by all views.
-        per_view: ``method.views``: one dict of overrides per view (e.g. BYOL's asymmetric
-            solarization).
-        batch_size: images per step.
-        backend: ``batched`` or ``lightly``.
-        device: training device.
-        num_workers: DataLoader workers for the ``lightly`` backend.
-        rank: this process's rank under DDP.
-        world_size: number of DDP processes; must divide ``batch_size``.
-        cuda_graphs: replay each view's batched augmentation as a CUDA graph on a GPU
-            (:class:`labelfree.augment.GraphedViewAugmentation`); ignored elsewhere.
-    """
-
-    def __init__(
-        self,
-        images: Tensor,
-        augment: Mapping,
-        per_view: list[Mapping],
-        *,
-        batch_size: int,
-        backend: str = "batched",
-        device: torch.device | str = "cpu",
-        num_workers: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        cuda_graphs: bool = False,
-    ):
-        from labelfree.augment import GraphedViewAugmentation, build_views, lightly_view_transform
-
-        if batch_size % world_size:
-            raise ValueError(
-                f"trainer.batch_size={batch_size} is not divisible by the {world_size} processes: "
-                f"set trainer.batch_size to a multiple of {world_size}."
-            )
-        self.batch_size, self.backend, self.device = batch_size, backend, torch.device(device)
-        self.num_workers, self.rank, self.world_size = num_workers, rank, world_size
-        self.local_batch_size = batch_size // world_size
-        if backend == "batched":
-            self.images = images.to(self.device)
-            self.views = build_views(augment, per_view)
-            if cuda_graphs and self.device.type == "cuda":
-                self.views = [GraphedViewAugmentation(v) for v in self.views]
-        elif backend == "lightly":
-            self.images = images
-            self.dataset = PILViews(
-                images, [lightly_view_transform(**{**augment, **v}) for v in per_view]
-            )
-        else:
-            raise ValueError(f"trainer.augmentation={backend} is not one of: batched, lightly.")
-
-    def __len__(self) -> int:
-        return len(self.images) // self.batch_size
-
-    def epoch(self, generator: torch.Generator):
-        """Yield ``len(self)`` lists of views, each a (local_batch_size, C, S, S) float tensor."""
-        order = torch.randperm(len(self.images), generator=generator)[: len(self) * self.batch_size]
-        if self.world_size > 1:  # this rank's slice of every global batch, its own view draws
-            per = self.local_batch_size
-            order = order.view(len(self), self.batch_size)[
-                :, self.rank * per : (self.rank + 1) * per
-            ]
-            order = order.reshape(-1)
-            seed = int(torch.randint(2**62, (1,), generator=generator))
-            generator = torch.Generator().manual_seed(seed + self.rank)
-        if self.backend == "batched":
-            order = order.to(self.device)  # one copy per epoch, not a host wait per step
-            for idx in order.view(len(self), self.local_batch_size):
-                batch = self.images[idx]
-                yield [view(batch, generator=generator) for view in self.views]
-            return
-        if self.num_workers == 0:  # transforms draw from the global RNGs of this process: seed them
-            seed = int(torch.randint(2**31, (1,), generator=generator))
-            random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)  # noqa: NPY002
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_size=self.local_batch_size,
-            sampler=order.tolist(),
-            drop_last=True,
-            num_workers=self.num_workers,
-            generator=generator,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
-        for views in loader:
-            yield [v.to(self.device, non_blocking=True) for v in views]

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from labelfree.data import ViewLoader  # TODO(merge): labelfree.views
 from labelfree.distributed import World
 from labelfree.methods import SSLMethod
 from labelfree.optim import lr_factor
+from labelfree.views import ViewLoader
 
 #: Steps between reads of the training loss (NaN check, progress bar): each read syncs host and GPU.
 CHECK_EVERY = 10

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from labelfree.data import ViewLoader
 from labelfree.distributed import World, check_world, detect_world, set_gather_distributed
+from labelfree.views import ViewLoader
 
 # Views of constant images without photometric or geometric changes are constant images of the
 # same value: the value tells which training image a view came from.
