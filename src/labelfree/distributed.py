@@ -13,7 +13,7 @@ starts the processes, never by the config:
 Conventions of a distributed run (``trainer.distributed`` holds the knobs):
 
 - ``trainer.batch_size`` is the GLOBAL batch: each of the W ranks takes its slice of every global
-  batch (:class:`labelfree.data.ViewLoader` with ``rank``/``world_size``), so the learning-rate
+  batch (:class:`labelfree.views.ViewLoader` with ``rank``/``world_size``), so the learning-rate
   scaling rule (``lr x batch_size / 256``) and the number of steps per epoch do not depend on W;
 - a method option ``gather_distributed`` (lightly's losses: NT-Xent, Barlow Twins, VICReg) is
   switched on, so the loss of a rank sees the negatives / statistics of the global batch;
