@@ -5,9 +5,11 @@ import pytest
 
 MODULES = [
     "labelfree.metrics._checks",
-    "labelfree.metrics.clustering",
+    "labelfree.metrics.agreement",
     "labelfree.metrics.entropy",
+    "labelfree.metrics.kmeans",
     "labelfree.metrics.probe",
+    "labelfree.metrics.silhouette",
     "labelfree.metrics.spectral",
     "labelfree.metrics.suite",
     "labelfree.eval",

@@ -4,9 +4,10 @@ The suite entry point is :func:`compute_metrics` (used by training and ``labelfr
 validated up front by :func:`check_metrics_config`. The individual metrics are plain functions
 of arrays (numpy or torch tensors; a CUDA tensor is processed on its GPU):
 
-* clustering: :func:`kmeans`, :func:`silhouette`, :func:`silhouette_samples`,
-  :func:`adjusted_mutual_info`, :func:`adjusted_rand_index`, :func:`kmeans_agreement`,
-  :func:`kmeans_gt_ami`
+* k-means (``kmeans``): :func:`kmeans`, returning a :class:`KMeansResult`
+* silhouette (``silhouette``): :func:`silhouette`, :func:`silhouette_samples`
+* partition agreement (``agreement``): :func:`adjusted_mutual_info`,
+  :func:`adjusted_rand_index`, :func:`kmeans_agreement`, :func:`kmeans_gt_ami`
 * entropy (bits): :func:`entropy`, :func:`histogram_entropy`, :func:`knn_entropy`,
   :func:`gaussian_entropy`
 * spectral / geometric: :func:`rankme`, :func:`alpha_req`, :func:`nesum`, :func:`uniformity`
@@ -15,15 +16,11 @@ of arrays (numpy or torch tensors; a CUDA tensor is processed on its GPU):
 Definitions, defaults and measured speed: docs/metrics.md.
 """
 
-from labelfree.metrics.clustering import (
-    KMeansResult,
+from labelfree.metrics.agreement import (
     adjusted_mutual_info,
     adjusted_rand_index,
-    kmeans,
     kmeans_agreement,
     kmeans_gt_ami,
-    silhouette,
-    silhouette_samples,
 )
 from labelfree.metrics.entropy import (
     entropy,
@@ -32,7 +29,9 @@ from labelfree.metrics.entropy import (
     knn_entropy,
     to_space,
 )
+from labelfree.metrics.kmeans import KMeansResult, kmeans
 from labelfree.metrics.probe import fewshot_probe_acc, knn_acc, linear_probe_acc
+from labelfree.metrics.silhouette import silhouette, silhouette_samples
 from labelfree.metrics.spectral import (
     alpha_req,
     covariance_eigenvalues,

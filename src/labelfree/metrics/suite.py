@@ -30,9 +30,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from labelfree.metrics._checks import as_embeddings, as_labels
-from labelfree.metrics.clustering import kmeans, kmeans_agreement, kmeans_gt_ami, silhouette
+from labelfree.metrics.agreement import kmeans_agreement, kmeans_gt_ami
 from labelfree.metrics.entropy import ESTIMATORS, PROJECTIONS, SPACES, entropy, import_umap
+from labelfree.metrics.kmeans import kmeans
 from labelfree.metrics.probe import fewshot_probe_acc, knn_acc, linear_probe_acc
+from labelfree.metrics.silhouette import silhouette
 from labelfree.metrics.spectral import alpha_req, nesum, rankme, uniformity
 
 log = logging.getLogger(__name__)
