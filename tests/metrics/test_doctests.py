@@ -9,6 +9,7 @@ MODULES = [
     "labelfree.metrics.entropy",
     "labelfree.metrics.kmeans",
     "labelfree.metrics.probe",
+    "labelfree.metrics.registry",
     "labelfree.metrics.silhouette",
     "labelfree.metrics.spectral",
     "labelfree.metrics.suite",

@@ -19,7 +19,7 @@ from labelfree.metrics import (
     kmeans,
     metric_key,
 )
-from labelfree.metrics.suite import _NODES
+from labelfree.metrics.registry import NODES
 
 CONF = Path(labelfree.__file__).parent / "conf"
 
@@ -72,7 +72,8 @@ def test_shipped_configs_compose_with_struct_mode(metric_configs):
 
 def test_yaml_keys_are_the_functions_keyword_arguments(metric_configs):
     for name, cfg in metric_configs.items():
-        for node, fn in _NODES.items():
+        for node, spec in NODES.items():
+            fn = spec.fn
             params = inspect.signature(fn).parameters
             for key in cfg[node]:
                 assert key in params, f"{name}.yaml: {node}.{key} is not an argument of {fn}"

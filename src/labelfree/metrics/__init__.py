@@ -1,8 +1,9 @@
 """Label-free and label-based metrics of embeddings: pure, seeded, CPU or CUDA.
 
 The suite entry point is :func:`compute_metrics` (used by training and ``labelfree-eval``),
-validated up front by :func:`check_metrics_config`. The individual metrics are plain functions
-of arrays (numpy or torch tensors; a CUDA tensor is processed on its GPU):
+validated up front by :func:`check_metrics_config`; the metrics it runs, what each needs and the
+rules of its options are one table, :mod:`labelfree.metrics.registry`. The individual metrics
+are plain functions of arrays (numpy or torch tensors; a CUDA tensor is processed on its GPU):
 
 * k-means (``kmeans``): :func:`kmeans`, returning a :class:`KMeansResult`
 * silhouette (``silhouette``): :func:`silhouette`, :func:`silhouette_samples`
@@ -31,6 +32,7 @@ from labelfree.metrics.entropy import (
 )
 from labelfree.metrics.kmeans import KMeansResult, kmeans
 from labelfree.metrics.probe import fewshot_probe_acc, knn_acc, linear_probe_acc
+from labelfree.metrics.registry import ALL_METRICS, LABEL_FREE_METRICS, LABEL_METRICS, metric_key
 from labelfree.metrics.silhouette import silhouette, silhouette_samples
 from labelfree.metrics.spectral import (
     alpha_req,
@@ -39,14 +41,7 @@ from labelfree.metrics.spectral import (
     rankme,
     uniformity,
 )
-from labelfree.metrics.suite import (
-    ALL_METRICS,
-    LABEL_FREE_METRICS,
-    LABEL_METRICS,
-    check_metrics_config,
-    compute_metrics,
-    metric_key,
-)
+from labelfree.metrics.suite import check_metrics_config, compute_metrics
 
 __all__ = [
     "ALL_METRICS",

@@ -2,13 +2,16 @@
 
 Every public metric converts its inputs with these helpers, so bad input fails the same way
 everywhere: a ``ValueError`` naming the argument, the bad value and the fix, never a traceback
-from deep inside torch or scikit-learn.
+from deep inside torch or scikit-learn. The config rules at the end check the values of the
+``metrics`` config node the same way (``metrics.<node>.<option>=<value> must be ...``).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -157,3 +160,111 @@ def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"Unknown {name}={value!r}. Choose one of: {', '.join(choices)}.")
     return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# config: unwrapping and the rules of option values
+# --------------------------------------------------------------------------------------------
+
+
+def as_container(config: Any) -> Any:
+    """Plain dicts and lists of an OmegaConf config (resolved); any other value unchanged.
+
+    omegaconf is imported only when ``config`` is one of its objects.
+    """
+    # TODO(merge): use labelfree.config.as_container, the project's one unwrapper.
+    if type(config).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(config, resolve=True)
+    return config
+
+
+Rule = Callable[[str, Any, Mapping[str, Any]], None]
+"""``rule(key, value, node)`` raises ``ValueError`` if ``metrics.<key>=value`` is invalid.
+
+``key`` is ``<node>.<option>``; ``node`` holds the node's options, for rules across options.
+"""
+
+
+def fail_option(key: str, value: Any, rule: str) -> NoReturn:
+    """Raise the one-line error of a bad config value: ``metrics.<key>=<value> <rule>.``."""
+    raise ValueError(f"metrics.{key}={value!r} {rule}.")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (
+        isinstance(v, int | float | np.integer | np.floating)
+        and not isinstance(v, bool)
+        and math.isfinite(float(v))
+    )
+
+
+def integer(minimum: int, *, optional: bool = False, fix: str = "") -> Rule:
+    """An integer ``>= minimum`` (or ``None`` if ``optional``); ``fix`` extends the error."""
+
+    def rule(key: str, value: Any, node: Mapping[str, Any]) -> None:
+        if value is None and optional:
+            return
+        if not _is_int(value) or value < minimum:
+            null = " or null" if optional else ""
+            fail_option(key, value, f"must be an integer >= {minimum}{null}{fix}")
+
+    return rule
+
+
+def number(*, positive: bool = False) -> Rule:
+    """A finite number ``> 0`` if ``positive``, else ``>= 0``."""
+
+    def rule(key: str, value: Any, node: Mapping[str, Any]) -> None:
+        if not _is_num(value) or (float(value) <= 0 if positive else float(value) < 0):
+            fail_option(key, value, f"must be a number {'> 0' if positive else '>= 0'}")
+
+    return rule
+
+
+def fraction(key: str, value: Any, node: Mapping[str, Any]) -> None:
+    """A number in ``(0, 1]``."""
+    number(positive=True)(key, value, node)
+    if float(value) > 1:
+        fail_option(key, value, "must be in (0, 1]")
+
+
+def one_of(choices: tuple[str, ...]) -> Rule:
+    """One of the strings ``choices``."""
+
+    def rule(key: str, value: Any, node: Mapping[str, Any]) -> None:
+        if value not in choices:
+            fail_option(key, value, f"is not a valid option; choose one of: {', '.join(choices)}")
+
+    return rule
+
+
+def boolean(key: str, value: Any, node: Mapping[str, Any]) -> None:
+    """``True`` or ``False``."""
+    if not isinstance(value, bool):
+        fail_option(key, value, "must be true or false")
+
+
+def larger_than(other: str, *, default: Any) -> Rule:
+    """Larger than the node's option ``other`` (``default`` when unset); ``None`` passes."""
+
+    def rule(key: str, value: Any, node: Mapping[str, Any]) -> None:
+        if value is not None and value <= node.get(other, default):
+            fail_option(key, value, f"must be larger than metrics.{key.rpartition('.')[0]}.{other}")
+
+    return rule
+
+
+def all_of(*rules: Rule) -> Rule:
+    """Each of ``rules``, in order (the first that fails raises)."""
+
+    def rule(key: str, value: Any, node: Mapping[str, Any]) -> None:
+        for each in rules:
+            each(key, value, node)
+
+    return rule

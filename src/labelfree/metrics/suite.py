@@ -12,6 +12,9 @@ what runs. Its layout is::
 Every key below a metric's node is a keyword argument of the function of the same name (no
 renaming layer); ``seed`` comes from the caller. Results use the DESIGN.md record keys:
 ``lf/<name>`` for label-free metrics, ``sup/<name>`` for label-based ones.
+
+What runs, what each metric needs and how its options are checked is the table in
+:mod:`labelfree.metrics.registry`; this module only walks it, so it names no metric.
 """
 
 from __future__ import annotations
@@ -29,88 +32,96 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from labelfree.metrics._checks import as_embeddings, as_labels
-from labelfree.metrics.agreement import kmeans_agreement, kmeans_gt_ami
-from labelfree.metrics.entropy import ESTIMATORS, PROJECTIONS, SPACES, entropy, import_umap
-from labelfree.metrics.kmeans import kmeans
-from labelfree.metrics.probe import fewshot_probe_acc, knn_acc, linear_probe_acc
-from labelfree.metrics.silhouette import silhouette
-from labelfree.metrics.spectral import alpha_req, nesum, rankme, uniformity
+from labelfree.metrics import registry
+from labelfree.metrics._checks import as_container, as_embeddings, as_labels
+from labelfree.metrics.registry import DataSizes, MetricSpec, metric_key
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ALL_METRICS",
-    "LABEL_FREE_METRICS",
-    "LABEL_METRICS",
-    "check_metrics_config",
-    "compute_metrics",
-    "metric_key",
-]
+__all__ = ["Evaluation", "check_metrics_config", "compute_metrics"]
 
-LABEL_FREE_METRICS = (
-    "silhouette",
-    "kmeans_agreement",
-    "entropy",
-    "rankme",
-    "alpha_req",
-    "nesum",
-    "uniformity",
-)
-LABEL_METRICS = ("kmeans_gt_ami", "linear_probe_acc", "knn_acc", "fewshot_probe_acc")
-ALL_METRICS = LABEL_FREE_METRICS + LABEL_METRICS
-_KMEANS_METRICS = ("silhouette", "kmeans_agreement", "kmeans_gt_ami")
-_TRAIN_METRICS = ("linear_probe_acc", "knn_acc", "fewshot_probe_acc")
-
-# Config node -> function whose keyword arguments the node holds.
-_NODES: dict[str, Callable[..., Any]] = {
-    "kmeans": kmeans,
-    "silhouette": silhouette,
-    "kmeans_agreement": kmeans_agreement,
-    "entropy": entropy,
-    "rankme": rankme,
-    "alpha_req": alpha_req,
-    "nesum": nesum,
-    "uniformity": uniformity,
-    "kmeans_gt_ami": kmeans_gt_ami,
-    "linear_probe_acc": linear_probe_acc,
-    "knn_acc": knn_acc,
-    "fewshot_probe_acc": fewshot_probe_acc,
-}
-_TOP_KEYS = ("name", "compute", *_NODES)
+_TOP_KEYS = ("name", "compute", *registry.NODES)
 
 
-def metric_key(name: str) -> str:
-    """Record key of a metric name: ``lf/<name>`` or ``sup/<name>`` (DESIGN.md).
+class Evaluation:
+    """One compute_metrics call: its inputs, config and seed, and the providers' values.
 
-    Examples:
-        >>> metric_key("silhouette"), metric_key("linear_probe_acc")
-        ('lf/silhouette', 'sup/linear_probe_acc')
+    ``evaluation[name]`` is a caller input or a provider's value; a provider is computed on
+    first use (with the providers it reads) and kept for the rest of the call.
+
+    Args:
+        inputs: The caller inputs that were given (:data:`~labelfree.metrics.registry.INPUTS`).
+        config: The validated ``metrics`` config, plain dicts.
+        sizes: The data sizes the config was checked against.
+        seed: The seed every random choice derives from.
+        timings: Receives the seconds of each timed provider, if given.
     """
-    return ("sup/" if name in LABEL_METRICS else "lf/") + name
+
+    def __init__(
+        self,
+        inputs: dict[str, Tensor],
+        *,
+        config: dict[str, Any],
+        sizes: DataSizes,
+        seed: int,
+        timings: dict[str, float] | None,
+    ) -> None:
+        self.config, self.sizes, self.seed = config, sizes, seed
+        self._values: dict[str, Any] = dict(inputs)
+        self._timings = timings
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._values:
+            provider = registry.PROVIDERS[name]
+            start = time.perf_counter()
+            self._values[name] = provider.compute(self)
+            if provider.timing is not None and self._timings is not None:
+                self._timings[provider.timing] = time.perf_counter() - start
+        return self._values[name]
+
+    def options(self, fn: Callable[..., Any]) -> dict[str, Any]:
+        """Keyword arguments of ``fn`` from its config node, plus ``seed`` if it takes one."""
+        options = dict(self.config.get(fn.__name__) or {})
+        if "seed" in inspect.signature(fn).parameters:
+            options["seed"] = self.seed
+        return options
+
+    def call(self, spec: MetricSpec) -> float:
+        """Run one metric; its needs are resolved (and providers computed) before the clock."""
+        params = inspect.signature(spec.fn).parameters
+        by_name = {
+            n for n in spec.needs if n in params and params[n].kind is params[n].KEYWORD_ONLY
+        }
+        args = [self[n] for n in spec.needs if n not in by_name]
+        kwargs = {n: self[n] for n in by_name} | self.options(spec.fn)
+        start = time.perf_counter()
+        value = float(spec.fn(*args, **kwargs))
+        if self._timings is not None:
+            self._timings[spec.name] = time.perf_counter() - start
+        return value
 
 
-def _node_keys(fn: Callable[..., Any]) -> tuple[str, ...]:
-    params = inspect.signature(fn).parameters.values()
-    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "seed")
+def _plan(names: list[str], sizes: DataSizes) -> tuple[list[MetricSpec], list[str]]:
+    """Split the requested metrics into those the inputs allow and the others.
 
-
-def _takes_seed(fn: Callable[..., Any]) -> bool:
-    return "seed" in inspect.signature(fn).parameters
-
-
-def _as_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict of a DictConfig (resolved) or mapping; omegaconf imported lazily."""
-    if isinstance(config, Mapping) and type(config).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
-    if not isinstance(config, Mapping):
-        raise ValueError(
-            f"The metrics config must be a mapping (the `metrics` node); got "
-            f"{type(config).__name__}."
-        )
-    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}
+    Returns:
+        The specs that can run, in ``ALL_METRICS`` order, and ``"<name> (<why not>)"`` for the
+        others, the reason being the first input (in ``INPUTS`` order) that a metric misses.
+    """
+    given = {"embeddings"}  # the inputs there, told by their sizes
+    if sizes.n_classes is not None:
+        given.add("labels")
+    if sizes.n_train is not None:
+        given.update(("train_embeddings", "train_labels"))
+    run, skipped = [], []
+    for spec in registry.SPECS.values():
+        if spec.name in names:
+            missing = [i for i in registry.inputs_of(spec.needs) if i not in given]
+            if missing:
+                skipped.append(f"{spec.name} ({registry.INPUTS[missing[0]]})")
+            else:
+                run.append(spec)
+    return run, skipped
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,86 +129,15 @@ def _as_dict(config: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _fail(key: str, value: Any, rule: str) -> None:
-    raise ValueError(f"metrics.{key}={value!r} {rule}.")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (
-        isinstance(v, int | float | np.integer | np.floating)
-        and not isinstance(v, bool)
-        and math.isfinite(float(v))
-    )
-
-
-def _int(key: str, v: Any, minimum: int, *, optional: bool = False, fix: str = "") -> None:
-    if v is None and optional:
-        return
-    if not _is_int(v) or v < minimum:
-        null = " or null" if optional else ""
-        _fail(key, v, f"must be an integer >= {minimum}{null}{fix}")
-
-
-def _num(key: str, v: Any, *, positive: bool) -> None:
-    if not _is_num(v) or (float(v) <= 0 if positive else float(v) < 0):
-        _fail(key, v, f"must be a number {'> 0' if positive else '>= 0'}")
-
-
-def _choice(key: str, v: Any, choices: tuple[str, ...]) -> None:
-    if v not in choices:
-        _fail(key, v, f"is not a valid option; choose one of: {', '.join(choices)}")
-
-
-def _check_values(cfg: dict[str, Any]) -> None:
-    """Type and range of every known option (independent of the data)."""
-    rules: dict[tuple[str, str], Callable[[str, Any], None]] = {
-        ("kmeans", "k"): lambda k, v: _int(k, v, 2, optional=True),
-        ("kmeans", "n_runs"): lambda k, v: _int(
-            k, v, 1, fix=" (and kmeans_agreement needs n_runs >= 2)"
-        ),
-        ("kmeans", "max_iter"): lambda k, v: _int(k, v, 1),
-        ("kmeans", "tol"): lambda k, v: _num(k, v, positive=False),
-        ("kmeans", "n_local_trials"): lambda k, v: _int(k, v, 1, optional=True),
-        ("silhouette", "sample_size"): lambda k, v: _int(k, v, 2, optional=True),
-        ("kmeans_agreement", "method"): lambda k, v: _choice(k, v, ("ami", "ari")),
-        ("entropy", "estimator"): lambda k, v: _choice(k, v, ESTIMATORS),
-        ("entropy", "space"): lambda k, v: _choice(k, v, SPACES),
-        ("entropy", "projection"): lambda k, v: _choice(k, v, PROJECTIONS),
-        ("entropy", "pca_dim"): lambda k, v: _int(k, v, 1),
-        ("entropy", "k"): lambda k, v: _int(k, v, 1),
-        ("entropy", "bins"): lambda k, v: _int(k, v, 1),
-        ("entropy", "max_samples"): lambda k, v: _int(k, v, 2, optional=True),
-        ("rankme", "eps"): lambda k, v: _num(k, v, positive=False),
-        ("rankme", "max_samples"): lambda k, v: _int(k, v, 1, optional=True),
-        ("alpha_req", "fit_start"): lambda k, v: _int(k, v, 1),
-        ("alpha_req", "fit_end"): lambda k, v: _int(k, v, 2, optional=True),
-        ("uniformity", "t"): lambda k, v: _num(k, v, positive=True),
-        ("uniformity", "max_samples"): lambda k, v: _int(k, v, 2, optional=True),
-        ("linear_probe_acc", "l2"): lambda k, v: _num(k, v, positive=False),
-        ("linear_probe_acc", "max_iter"): lambda k, v: _int(k, v, 1),
-        ("knn_acc", "k"): lambda k, v: _int(k, v, 1),
-        ("knn_acc", "temperature"): lambda k, v: _num(k, v, positive=True),
-        ("fewshot_probe_acc", "fraction"): lambda k, v: _num(k, v, positive=True),
-        ("fewshot_probe_acc", "n_draws"): lambda k, v: _int(k, v, 1),
-        ("fewshot_probe_acc", "l2"): lambda k, v: _num(k, v, positive=False),
-        ("fewshot_probe_acc", "max_iter"): lambda k, v: _int(k, v, 1),
-    }
-    for (node, key), rule in rules.items():
-        if key in cfg.get(node, {}):
-            rule(f"{node}.{key}", cfg[node][key])
-    standardize = cfg.get("linear_probe_acc", {}).get("standardize", True)
-    if not isinstance(standardize, bool):
-        _fail("linear_probe_acc.standardize", standardize, "must be true or false")
-    fraction = cfg.get("fewshot_probe_acc", {}).get("fraction", 0.01)
-    if float(fraction) > 1:
-        _fail("fewshot_probe_acc.fraction", fraction, "must be in (0, 1]")
-    ar = cfg.get("alpha_req", {})
-    if ar.get("fit_end") is not None and ar["fit_end"] <= ar.get("fit_start", 1):
-        _fail("alpha_req.fit_end", ar["fit_end"], "must be larger than metrics.alpha_req.fit_start")
+def _config_dict(config: Any) -> dict[str, Any]:
+    """The ``metrics`` node as a plain dict with a plain dict per option node."""
+    cfg = as_container(config)
+    if not isinstance(cfg, Mapping):
+        raise ValueError(
+            f"The metrics config must be a mapping (the `metrics` node); got "
+            f"{type(config).__name__}."
+        )
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
 
 
 def _compute_list(cfg: dict[str, Any]) -> list[str]:
@@ -205,41 +145,55 @@ def _compute_list(cfg: dict[str, Any]) -> list[str]:
     if names is None:
         raise ValueError(
             "metrics.compute is missing: list the metrics to compute, e.g. "
-            f"metrics.compute=[{','.join(LABEL_FREE_METRICS[:3])}]."
+            f"metrics.compute=[{','.join(registry.LABEL_FREE_METRICS[:3])}]."
         )
     if isinstance(names, str) or not isinstance(names, list | tuple):
         raise ValueError(f"metrics.compute={names!r} must be a list of metric names.")
     for name in names:
-        if name not in ALL_METRICS:
+        if name not in registry.ALL_METRICS:
             raise ValueError(
                 f"Unknown metric {name!r} in metrics.compute. Choose from: "
-                f"{', '.join(ALL_METRICS)}."
+                f"{', '.join(registry.ALL_METRICS)}."
             )
     if len(set(names)) != len(names):
         raise ValueError(f"metrics.compute={list(names)} lists a metric twice.")
     return list(names)
 
 
-def _resolve_k(cfg: dict[str, Any], n_samples: int, n_classes: int | None) -> int:
-    k = cfg.get("kmeans", {}).get("k")
-    if k is None:
-        if n_classes is None:
-            raise ValueError(
-                "metrics.kmeans.k=null means 'the number of classes', but no labels are "
-                "available to count them: set metrics.kmeans.k to the number of clusters."
-            )
-        if n_classes < 2:
-            raise ValueError(
-                f"metrics.kmeans.k=null would use the number of classes ({n_classes}), but "
-                "k-means metrics need k >= 2: set metrics.kmeans.k."
-            )
-        k = n_classes
-    if k > n_samples:
-        raise ValueError(
-            f"metrics.kmeans.k={k} is larger than the number of evaluation samples "
-            f"({n_samples}): lower metrics.kmeans.k or evaluate on more samples."
-        )
-    return int(k)
+def _checked(cfg: dict[str, Any], sizes: DataSizes) -> dict[str, Any]:
+    """Validate ``cfg`` (see :func:`check_metrics_config`); return it with empty nodes as {}."""
+    for key in cfg:
+        if key not in _TOP_KEYS:
+            raise ValueError(f"Unknown key metrics.{key}. Valid keys: {', '.join(_TOP_KEYS)}.")
+    for node, spec in registry.NODES.items():
+        value = cfg.get(node, {})
+        if value is None:
+            value = cfg[node] = {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"metrics.{node}={value!r} must be a mapping of options.")
+        valid = registry.node_keys(spec)
+        for key in value:
+            if key not in valid:
+                listed = ", ".join(valid) if valid else "(none)"
+                raise ValueError(
+                    f"Unknown key metrics.{node}.{key}. Valid keys of metrics.{node}: {listed}."
+                )
+    names = _compute_list(cfg)
+    for node, spec in registry.NODES.items():
+        options = cfg.get(node, {})
+        for key, rule in spec.rules.items():
+            if key in options:
+                rule(f"{node}.{key}", options[key], options)
+    if sizes.n_samples < 2:
+        raise ValueError(f"Metrics need at least 2 evaluation samples; got {sizes.n_samples}.")
+    active, _ = _plan(names, sizes)
+    for name in registry.providers_of(need for spec in active for need in spec.needs):
+        if registry.PROVIDERS[name].check is not None:
+            registry.PROVIDERS[name].check(cfg, sizes)
+    for spec in active:
+        if spec.check is not None:
+            spec.check(cfg, sizes)
+    return cfg
 
 
 def check_metrics_config(
@@ -252,6 +206,7 @@ def check_metrics_config(
     data-dependent constraints: ``kmeans.k`` (null = number of classes, needs labels) between 2
     and ``n_samples``, ``kmeans.n_runs >= 2`` when ``kmeans_agreement`` is requested, the kNN
     entropy's ``k < n_samples``, ``knn_acc.k <= n_train``, UMAP importable when requested.
+    The rules themselves sit with each metric in :mod:`labelfree.metrics.registry`.
 
     Args:
         config: The ``metrics`` node (DictConfig or plain mapping).
@@ -269,69 +224,12 @@ def check_metrics_config(
         ...
         ValueError: metrics.kmeans.k=500 is larger than the number of evaluation samples (450): lower metrics.kmeans.k or evaluate on more samples.
     """  # noqa: E501
-    cfg = _as_dict(config)
-    for key in cfg:
-        if key not in _TOP_KEYS:
-            raise ValueError(f"Unknown key metrics.{key}. Valid keys: {', '.join(_TOP_KEYS)}.")
-    for node, fn in _NODES.items():
-        value = cfg.get(node, {})
-        if value is None:
-            value = cfg[node] = {}
-        if not isinstance(value, Mapping):
-            raise ValueError(f"metrics.{node}={value!r} must be a mapping of options.")
-        valid = _node_keys(fn)
-        for key in value:
-            if key not in valid:
-                listed = ", ".join(valid) if valid else "(none)"
-                raise ValueError(
-                    f"Unknown key metrics.{node}.{key}. Valid keys of metrics.{node}: {listed}."
-                )
-    names = _compute_list(cfg)
-    _check_values(cfg)
-    if n_samples < 2:
-        raise ValueError(f"Metrics need at least 2 evaluation samples; got {n_samples}.")
-    has_labels = n_classes is not None
-    active = [m for m in names if m in LABEL_FREE_METRICS or has_labels]
-    if any(m in _KMEANS_METRICS for m in active):
-        k = _resolve_k(cfg, n_samples, n_classes)
-        if "silhouette" in active and k > n_samples - 1:
-            raise ValueError(
-                f"metrics.kmeans.k={k} leaves no room for the silhouette on {n_samples} samples "
-                "(needs k <= N - 1): lower metrics.kmeans.k."
-            )
-        n_runs = cfg.get("kmeans", {}).get("n_runs", 5)
-        if "kmeans_agreement" in active and n_runs < 2:
-            raise ValueError(
-                f"metrics.kmeans.n_runs={n_runs}: kmeans_agreement compares partitions from "
-                "different initialisations and needs n_runs >= 2. Raise metrics.kmeans.n_runs "
-                "or remove kmeans_agreement from metrics.compute."
-            )
-    ent = cfg.get("entropy", {})
-    if "entropy" in active:
-        if ent.get("estimator", "histogram") == "knn" and ent.get("k", 3) >= n_samples:
-            _fail("entropy.k", ent.get("k", 3), f"must be smaller than N ({n_samples})")
-        if ent.get("estimator", "histogram") == "histogram" and ent.get("projection") == "umap":
-            import_umap()
-    if "knn_acc" in active and n_train is not None:
-        k_knn = cfg.get("knn_acc", {}).get("k", 20)
-        if k_knn > n_train:
-            raise ValueError(
-                f"metrics.knn_acc.k={k_knn} is larger than the number of labelled train "
-                f"samples ({n_train}): lower metrics.knn_acc.k."
-            )
+    _checked(_config_dict(config), DataSizes(n_samples, n_classes, n_train))
 
 
 # --------------------------------------------------------------------------------------------
 # the suite
 # --------------------------------------------------------------------------------------------
-
-
-def _kwargs(cfg: dict[str, Any], node: str, seed: int, **extra: Any) -> dict[str, Any]:
-    kw = dict(cfg.get(node, {}))
-    kw.update(extra)
-    if _takes_seed(_NODES[node]):
-        kw["seed"] = seed
-    return kw
 
 
 def compute_metrics(
@@ -384,7 +282,7 @@ def compute_metrics(
         >>> sorted(out), round(out["lf/kmeans_agreement"], 3)
         (['lf/kmeans_agreement', 'lf/silhouette'], 1.0)
     """
-    cfg = _as_dict(config)
+    cfg = _config_dict(config)
     if isinstance(embeddings, np.ndarray):
         embeddings = torch.from_numpy(np.ascontiguousarray(embeddings))
     if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
@@ -404,24 +302,9 @@ def compute_metrics(
         if isinstance(tx, Tensor):
             tx = tx.to(device)
         ty = as_labels(train_labels, n=int(tx.shape[0]), device=device, name="train_labels")
-    check_metrics_config(
-        cfg,
-        n_samples=n,
-        n_classes=n_classes,
-        n_train=int(tx.shape[0]) if tx is not None else None,
-    )
-    names = _compute_list(cfg)
-    run: list[str] = []
-    skipped: list[str] = []
-    for name in ALL_METRICS:
-        if name not in names:
-            continue
-        if name in LABEL_METRICS and y is None:
-            skipped.append(f"{name} (no labels)")
-        elif name in _TRAIN_METRICS and not has_train:
-            skipped.append(f"{name} (no train_embeddings/train_labels)")
-        else:
-            run.append(name)
+    sizes = DataSizes(n, n_classes, int(tx.shape[0]) if tx is not None else None)
+    cfg = _checked(cfg, sizes)
+    run, skipped = _plan(_compute_list(cfg), sizes)
     if skipped:
         log.info("metrics skipped: %s", ", ".join(skipped))
 
@@ -433,30 +316,17 @@ def compute_metrics(
         if "non-finite" not in str(err):
             raise
         warnings.warn(f"{err} Every metric is NaN.", RuntimeWarning, stacklevel=2)
-        return {metric_key(name): math.nan for name in run}
+        return {metric_key(spec.name): math.nan for spec in run}
 
-    out: dict[str, float] = {}
-    partitions = None
-    if any(name in _KMEANS_METRICS for name in run):
-        start = time.perf_counter()
-        k = _resolve_k(cfg, n, n_classes)
-        km_kwargs = _kwargs(cfg, "kmeans", seed, k=k)
-        partitions = kmeans(x, **km_kwargs).labels
-        if timings is not None:
-            timings["kmeans"] = time.perf_counter() - start
-    for name in tqdm(run, desc="metrics", leave=False, disable=None):
-        start = time.perf_counter()
-        if name == "silhouette":
-            value = silhouette(x, partitions[0], **_kwargs(cfg, name, seed))
-        elif name == "kmeans_agreement":
-            value = kmeans_agreement(partitions, **_kwargs(cfg, name, seed))
-        elif name == "kmeans_gt_ami":
-            value = kmeans_gt_ami(partitions[0], y)
-        elif name in _TRAIN_METRICS:
-            value = _NODES[name](tx, ty, x, y, **_kwargs(cfg, name, seed))
-        else:
-            value = _NODES[name](x, **_kwargs(cfg, name, seed))
-        out[metric_key(name)] = float(value)
-        if timings is not None:
-            timings[name] = time.perf_counter() - start
-    return out
+    inputs = {"embeddings": x, "labels": y, "train_embeddings": tx, "train_labels": ty}
+    evaluation = Evaluation(
+        {name: value for name, value in inputs.items() if value is not None},
+        config=cfg,
+        sizes=sizes,
+        seed=seed,
+        timings=timings,
+    )
+    return {
+        metric_key(spec.name): evaluation.call(spec)
+        for spec in tqdm(run, desc="metrics", leave=False, disable=None)
+    }
