@@ -14,16 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from labelfree.backbones import build_backbone
 from labelfree.config import as_container
-from labelfree.data import (
-    Dataset,
-    ViewLoader,  # TODO(merge): labelfree.views
-    build_dataset,
-)
+from labelfree.data import Dataset, build_dataset
 from labelfree.distributed import World, set_gather_distributed
 from labelfree.evaluation import Evaluator, eval_epochs
 from labelfree.methods import SSLMethod, build_method
 from labelfree.metrics import check_metrics_config
 from labelfree.optim import check_optimizer_config
+from labelfree.views import ViewLoader
 
 #: ``trainer.augmentation`` values.
 AUGMENTATIONS = ("batched", "lightly")

@@ -54,7 +54,7 @@ def eval_epochs(schedule: str | Sequence[int], epochs: int) -> list[int]:
         >>> eval_epochs("every:5", 12)
         [0, 5, 10, 12]
         >>> eval_epochs("log:6", 100)
-        [0, 1, 3, 9, 30, 100]
+        [0, 2, 5, 15, 39, 100]
         >>> eval_epochs([2, 4], 10)
         [0, 2, 4, 10]
     """

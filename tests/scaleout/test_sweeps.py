@@ -1,4 +1,4 @@
-"""Launchers and sweeps: SLURM/local configs, failure isolation and summary, preemption + requeue.
+"""Sweeps end to end: failure isolation and summary, preemption + requeue.
 
 The sweeps run the real CLI with Hydra's basic launcher and with the real submitit local executor
 (``hydra/launcher=local``); preemption is simulated the way SLURM does it: the job's process gets
@@ -16,12 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 
 from labelfree.rundir import RunDir
-from labelfree.sweep.summary import summarize_sweep, write_sweep_summary
 
 TIMING_KEYS = {"wall_s", "eval_s"}
 
@@ -32,104 +28,6 @@ def read_jsonl(path):
 
 def strip_timing(records):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
-
-
-def _launcher(*overrides):
-    with initialize_config_module("labelfree.conf", version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg, instantiate(cfg.hydra.launcher)
-
-
-def test_slurm_launcher_builds_the_expected_sbatch_script(tmp_path, monkeypatch):
-    """conf/hydra/launcher/slurm.yaml through the real plugin and submitit's sbatch writer."""
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-    from omegaconf import OmegaConf
-
-    cfg, launcher = _launcher(
-        "hydra/launcher=slurm",
-        "hydra.launcher.partition=gpu",
-        "hydra.launcher.account=lab",
-        "hydra.launcher.timeout_min=240",
-        f"paths.output_dir={tmp_path}",
-    )
-    assert type(launcher).__name__ == "SlurmLauncher"  # the plugin Hydra discovered
-    params = dict(launcher.params)
-    assert params["submitit_folder"] == f"{tmp_path}/sweeps/adhoc/.submitit/%j"
-    assert params["gpus_per_node"] == params["tasks_per_node"] == 1  # one GPU per task
-    assert params["max_num_timeout"] > 0  # time limits requeue (preemptions always do)
-    # submitit refuses to build a SLURM executor without srun on PATH: a stand-in that is never run
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (tmp_path / "bin" / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    # the parameter translation of BaseSubmititLauncher.launch, then submitit's own sbatch text
-    executor = submitit.AutoExecutor(
-        folder=params.pop("submitit_folder"),
-        cluster="slurm",
-        slurm_max_num_timeout=params.pop("max_num_timeout"),
-    )
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    sbatch = executor._executor._make_submission_file_text("labelfree-train", "uid")
-    for line in (
-        "#SBATCH --partition=gpu",
-        "#SBATCH --account=lab",
-        "#SBATCH --gpus-per-node=1",
-        "#SBATCH --ntasks-per-node=1",
-        "#SBATCH --cpus-per-task=8",
-        "#SBATCH --mem=32GB",
-        "#SBATCH --time=240",
-        "#SBATCH --signal=USR2@120",
-        f"#SBATCH --output={tmp_path}/sweeps/adhoc/.submitit/%j/%j_0_log.out",
-    ):
-        assert line in sbatch, sbatch
-    assert executor._executor.max_num_timeout == 20
-
-    _, ddp = _launcher("hydra/launcher=slurm", "hydra.launcher.tasks_per_node=4")
-    assert ddp.params["gpus_per_node"] == 4  # DDP: one GPU per task follows tasks_per_node
-
-
-def test_local_launcher_config():
-    _, launcher = _launcher("hydra/launcher=local")
-    assert type(launcher).__name__ == "LocalLauncher"
-    assert launcher.params["submitit_folder"].endswith("sweeps/adhoc/.submitit/%j")
-    assert launcher.params["timeout_min"] >= 24 * 60
-
-
-def _job(root: Path, name: str, overrides: list[str], **status) -> Path:
-    job = root / name
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    if status:
-        RunDir(job).update_status(name=name, **status)
-    return job
-
-
-def test_sweep_summary_lists_every_job_and_why_it_failed(tmp_path, caplog):
-    _job(tmp_path, "a", ["seed=0"], status="completed", last_epoch=2, epochs=2)
-    _job(tmp_path, "b", ["seed=1"], status="failed", error="trainer.batch_size=5000 is larger")
-    _job(tmp_path, "c", ["seed=2"], status="diverged", error="train/loss became nan")
-    _job(tmp_path, "d", ["seed=3"])  # started, never wrote run.json
-    (tmp_path / ".submitit" / "123").mkdir(parents=True)
-    with caplog.at_level("INFO"):
-        summary = write_sweep_summary(tmp_path)
-    assert summary["n_jobs"] == 4
-    assert summary["counts"] == {"completed": 1, "failed": 1, "diverged": 1, "unknown": 1}
-    by_name = {j["name"]: j for j in summary["jobs"]}
-    assert by_name["b"]["error"] == "trainer.batch_size=5000 is larger"
-    assert by_name["b"]["overrides"] == ["seed=1"]
-    assert [j["name"] for j in summary["not_completed"]] == ["b", "c", "d"]
-    assert json.loads((tmp_path / "sweep_summary.json").read_text()) == summary
-    md = (tmp_path / "sweep_summary.md").read_text()
-    assert "4 job(s): 1 completed, 1 diverged, 1 failed, 1 unknown." in md
-    assert "| b | failed | -/- | `seed=1` | trainer.batch_size=5000 is larger |" in md
-    assert "| a | completed | 2/2 | `seed=0` |  |" in md
-    assert "Sweep done: 1 of 4 job(s) completed" in caplog.text
-    assert "Job b failed: trainer.batch_size=5000 is larger" in caplog.text
-    # only the jobs started by this sweep
-    assert summarize_sweep(tmp_path, since=time.time() + 60)["n_jobs"] == 0
 
 
 def _sweep_cli(tmp_path, *args, timeout=600):

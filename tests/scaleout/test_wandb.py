@@ -1,4 +1,4 @@
-"""Weights & Biases: real wandb offline (history, config, run id on resume), secrets, W&B source."""
+"""Weights & Biases end to end: real wandb offline (history, config, run id on resume)."""
 
 import json
 import time
@@ -6,11 +6,8 @@ from pathlib import Path
 
 import pytest
 import wandb
-from hydra import compose, initialize_config_module
 
-from labelfree.analysis.wandb_source import collect_wandb, parse_source, records_from_history
-from labelfree.analyze import analyze
-from labelfree.loggers import resolve_wandb_mode, scrub_secrets
+from labelfree.analysis.wandb_source import records_from_history
 from labelfree.train import train
 
 SECRET = "wb" + "9" * 38  # a fake API key: 40 characters like a real one
@@ -18,63 +15,6 @@ SECRET = "wb" + "9" * 38  # a fake API key: 40 characters like a real one
 
 def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
-
-
-def test_scrub_secrets_redacts_secret_like_keys_at_any_depth():
-    config = {
-        "logger": {"name": "wandb", "api_key": "k", "settings": {"WANDB_API_KEY": "k"}},
-        "tokens": [{"hf_token": "t"}, {"lr": 0.3}],
-        "password": 1,
-        "seed": 0,
-    }
-    assert scrub_secrets(config) == {
-        "logger": {
-            "name": "wandb",
-            "api_key": "<redacted>",
-            "settings": {"WANDB_API_KEY": "<redacted>"},
-        },
-        "tokens": "<redacted>",
-        "password": "<redacted>",
-        "seed": 0,
-    }
-
-
-def test_wandb_mode_auto_is_offline_without_a_key(monkeypatch, tmp_path):
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    mode, reason = resolve_wandb_mode("auto")
-    assert mode == "offline"
-    assert "no W&B API key" in reason
-    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + SECRET)
-    assert resolve_wandb_mode("auto")[0] == "online"  # `wandb login` wrote the key here
-    (tmp_path / "netrc").unlink()
-    monkeypatch.setenv("WANDB_API_KEY", SECRET)
-    assert resolve_wandb_mode("auto") == ("online", "a W&B API key is configured")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    assert resolve_wandb_mode("auto") == ("offline", "WANDB_MODE=offline")
-    assert resolve_wandb_mode("disabled")[0] == "disabled"
-    with pytest.raises(ValueError, match="logger.mode=cloud is not one of: auto, online"):
-        resolve_wandb_mode("cloud")
-
-
-def test_wandb_source_needs_a_key_and_says_so(monkeypatch, tmp_path):
-    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(
-        ValueError, match=r"Could not read W&B runs from wandb:me/proj/grp .*API key"
-    ):
-        collect_wandb(["wandb:me/proj/grp"])
-    assert parse_source("wandb:me/proj/grp") == ("me/proj", "grp")
-    with initialize_config_module("labelfree.conf", version_base="1.3"):  # labelfree-analyze's hook
-        cfg = compose("analyze", overrides=["runs=wandb:me/proj", f"output={tmp_path / 'out'}"])
-    with pytest.raises(ValueError, match="Could not read W&B runs from wandb:me/proj "):
-        analyze(cfg)
-    with pytest.raises(ValueError, match="runs=wandb:proj is not a W&B source"):
-        parse_source("wandb:proj")
 
 
 @pytest.mark.slow

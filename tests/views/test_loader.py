@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from labelfree.config import as_container
 from labelfree.data import build_dataset
-from labelfree.evaluation import as_container
 from labelfree.views import ViewLoader, build_views
 
 

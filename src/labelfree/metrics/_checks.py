@@ -163,21 +163,8 @@ def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# config: unwrapping and the rules of option values
+# config: the rules of option values
 # --------------------------------------------------------------------------------------------
-
-
-def as_container(config: Any) -> Any:
-    """Plain dicts and lists of an OmegaConf config (resolved); any other value unchanged.
-
-    omegaconf is imported only when ``config`` is one of its objects.
-    """
-    # TODO(merge): use labelfree.config.as_container, the project's one unwrapper.
-    if type(config).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(config, resolve=True)
-    return config
 
 
 Rule = Callable[[str, Any, Mapping[str, Any]], None]

@@ -19,7 +19,7 @@ then ``my_score`` in ``metrics.compute`` and a ``my_score: {alpha: 1.0}`` node i
 Adding a shared intermediate is a provider in :data:`PROVIDERS` and a need of its name, e.g. one
 eigenvalue spectrum for several spectral metrics::
 
-    def _spectrum(evaluation: Evaluation) -> Tensor:
+    def _spectrum(evaluation: Mapping[str, Any]) -> Tensor:
         return covariance_eigenvalues(evaluation["embeddings"])
 
     Provider("spectrum", _spectrum, needs=("embeddings",), timing="spectrum")
@@ -34,7 +34,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
@@ -55,17 +55,13 @@ from labelfree.metrics.kmeans import kmeans
 from labelfree.metrics.probe import fewshot_probe_acc, knn_acc, linear_probe_acc
 from labelfree.metrics.silhouette import silhouette
 from labelfree.metrics.spectral import alpha_req, nesum, rankme, uniformity
-
-if TYPE_CHECKING:
-    from labelfree.metrics.suite import Evaluation
+from labelfree.records import metric_key as record_key
 
 __all__ = [
     "ALL_METRICS",
     "INPUTS",
     "LABEL_FREE_METRICS",
-    "LABEL_FREE_PREFIX",
     "LABEL_METRICS",
-    "LABEL_PREFIX",
     "METRICS",
     "NODES",
     "PROVIDERS",
@@ -80,9 +76,6 @@ __all__ = [
     "resolve_k",
 ]
 
-# Record-key prefixes (DESIGN.md). TODO(merge): labelfree.records owns them.
-LABEL_FREE_PREFIX = "lf/"
-LABEL_PREFIX = "sup/"
 
 #: What a caller of compute_metrics can pass, in the order a missing one is reported, with the
 #: reason the "metrics skipped" log line gives for a metric that needs it.
@@ -160,7 +153,7 @@ class Provider:
     """
 
     name: str
-    compute: Callable[[Evaluation], Any]
+    compute: Callable[[Mapping[str, Any]], Any]
     needs: tuple[str, ...] = ("embeddings",)
     fn: Callable[..., Any] | None = None
     rules: Mapping[str, Rule] = field(default_factory=dict)
@@ -200,7 +193,7 @@ def resolve_k(config: dict[str, Any], sizes: DataSizes) -> int:
     return int(k)
 
 
-def _kmeans_partitions(evaluation: Evaluation) -> Tensor:
+def _kmeans_partitions(evaluation: Mapping[str, Any]) -> Tensor:
     """C1..Cn: ``(n_runs, N)`` labels of the ``metrics.kmeans`` runs on the embeddings."""
     k = resolve_k(evaluation.config, evaluation.sizes)
     options = {**evaluation.options(kmeans), "k": k}
@@ -211,7 +204,7 @@ def _check_k(config: dict[str, Any], sizes: DataSizes) -> None:
     resolve_k(config, sizes)
 
 
-def _first_partition(evaluation: Evaluation) -> Tensor:
+def _first_partition(evaluation: Mapping[str, Any]) -> Tensor:
     """C1, the partition of the first k-means run (the paper's silhouette and AMI to labels)."""
     return evaluation["partitions"][0]
 
@@ -402,4 +395,4 @@ def metric_key(name: str) -> str:
         >>> metric_key("silhouette"), metric_key("linear_probe_acc")
         ('lf/silhouette', 'sup/linear_probe_acc')
     """
-    return (LABEL_PREFIX if name in LABEL_METRICS else LABEL_FREE_PREFIX) + name
+    return record_key(name, label_based=name in LABEL_METRICS)

@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from labelfree.metrics import registry
-from labelfree.metrics._checks import as_container, as_embeddings, as_labels
+import labelfree.metrics.registry as registry
+from labelfree.config import as_container
+from labelfree.metrics._checks import as_embeddings, as_labels
 from labelfree.metrics.registry import DataSizes, MetricSpec, metric_key
 
 log = logging.getLogger(__name__)

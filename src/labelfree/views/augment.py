@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labelfree.views import kernels
+import labelfree.views.kernels as kernels
 from labelfree.views.options import OPTION_NAMES, ViewOptions
 from labelfree.views.plan import make_plan, plan_on_device
 from labelfree.views.sampling import sample_params
