@@ -28,7 +28,11 @@ PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 # Stop order; start goes the other way.
 DAEMONS=(slurmd slurmctld slurmdbd mariadbd munged)
 
-log() { printf 'slurm_cluster: %s\n' "$*" >&2; }
+# A reader that goes away (`start | head`) must not kill us halfway through starting or
+# stopping: with SIGPIPE ignored a write just fails, and log() carries on. (launch() gives the
+# daemons the default disposition back.)
+trap '' PIPE
+log() { printf 'slurm_cluster: %s\n' "$*" >&2 || true; }
 die() { log "ERROR: $*"; exit 1; }
 
 # --- processes -------------------------------------------------------------------------------
@@ -48,14 +52,17 @@ live_pid() {
 }
 
 # Start daemon $1 with the command "${@:2}" in the background, in a session of its own (so a
-# Ctrl-C or the end of the calling shell does not reach it), and save its PID. setsid does not
-# fork here (a non-interactive shell's background job is no process-group leader), so $! is the
-# daemon itself; live_pid checks that before anyone relies on it.
+# Ctrl-C or the end of the calling shell does not reach it), and save its PID. The subshell
+# execs setsid, which does not fork here (a non-interactive shell's background job is no
+# process-group leader) and execs the daemon: $! is the daemon itself (live_pid checks).
 launch() {
     local name=$1
     shift
     echo "=== $(date -Is) slurm_cluster.sh start: $*" >>"$STATE/log/$name.log"
-    setsid "$@" </dev/null >>"$STATE/log/$name.log" 2>&1 &
+    (
+        trap - PIPE
+        exec setsid "$@" </dev/null >>"$STATE/log/$name.log" 2>&1
+    ) &
     echo $! >"$(pidfile "$name")"
 }
 
@@ -78,6 +85,12 @@ wait_for() {
 fail_start() {
     local msg=$1 name=${2:--}
     log "ERROR: $msg"
+    if [[ $name == slurmd ]] && live_pid slurmctld >/dev/null; then
+        # Why a node is not idle (drained, invalid) is the controller's to say.
+        log "sinfo: $(sinfo -h -N -o '%N %T %E' 2>&1 || true)"
+        log "last lines of $STATE/log/slurmctld.log:"
+        grep -v ' debug' "$STATE/log/slurmctld.log" | tail -n 10 >&2
+    fi
     if [[ $name != - && -f $STATE/log/$name.log ]]; then
         log "last lines of $STATE/log/$name.log:"
         tail -n 25 "$STATE/log/$name.log" >&2
@@ -160,6 +173,9 @@ MpiDefault=none
 # submitit requeues preempted jobs with 'scontrol requeue' and does not pass --requeue.
 JobRequeue=1
 ReturnToService=2
+# Reject at submission what the node can never run (sbatch fails, and so does submitit's
+# submit) instead of leaving it pending forever with Reason=PartitionConfig.
+EnforcePartLimits=ALL
 # Scheduling passes every 5 s (default 60 s) so a requeued job starts again in ~15 s.
 SchedulerParameters=sched_interval=5,bf_interval=5
 # Cores and memory are allocated per job, so 1-CPU jobs (sweep array tasks) run side by side;
@@ -289,6 +305,12 @@ cmd_start() {
     wait_for slurmdbd 30 sacctmgr -n -P list cluster
     launch slurmctld slurmctld -D
     wait_for slurmctld 30 scontrol ping
+    # A drain kept in the saved controller state from an earlier start (a bad config, a crash)
+    # would keep the node out for good. The config was just rewritten: start clean. A drain that
+    # is still deserved comes back when slurmd registers, and the error below shows its reason.
+    if sinfo -h -N -o '%T' | grep -qE 'drain|down|inval'; then
+        scontrol update NodeName="$(hostname -s)" State=RESUME >/dev/null 2>&1 || true
+    fi
     launch slurmd slurmd -D
     wait_for slurmd "$START_TIMEOUT_S" node_ready
 
