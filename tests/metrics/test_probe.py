@@ -62,6 +62,32 @@ def test_linear_probe_constant_features():
     assert linear_probe_acc(np.ones((4, 3)), y, np.ones((4, 3)), y) == 0.75
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("standardize", [True, False])
+def test_linear_probe_identical_nonzero_embeddings_predict_the_majority_class(dtype, standardize):
+    # Every row equal to an arbitrary vector: its float mean is inexact, and the rounding residue
+    # after centring used to be scaled up into a signal (class 0 predicted: accuracy 0.25).
+    y = np.array([1, 1, 1, 0, 2, 1, 0, 1])  # majority class 1: 5 of 8
+    for seed in range(4):
+        row = np.random.default_rng(seed).normal(size=5) * (seed + 0.1)
+        x = np.tile(row, (8, 1)).astype(dtype)
+        assert linear_probe_acc(x, y, x, y, standardize=standardize) == 0.625
+
+
+def test_fewshot_probe_on_identical_embeddings_predicts_the_majority_class():
+    y = np.repeat([0, 1, 1, 1, 2], 20)  # majority class 1: 60 of 100
+    x = np.tile(np.random.default_rng(0).normal(size=6), (100, 1)).astype(np.float32)
+    assert fewshot_probe_acc(x, y, x, y, fraction=0.5) == pytest.approx(0.6)
+
+
+def test_linear_probe_ignores_constant_columns(labelled_splits):
+    tx, ty, ex, ey = labelled_splits
+    row = np.random.default_rng(0).normal(size=4).astype(np.float32)
+    pad_t, pad_e = np.tile(row, (len(tx), 1)), np.tile(row, (len(ex), 1))
+    padded = linear_probe_acc(np.hstack([tx, pad_t]), ty, np.hstack([ex, pad_e]), ey)
+    assert padded == pytest.approx(linear_probe_acc(tx, ty, ex, ey), abs=0.005)
+
+
 def test_knn_acc_matches_sklearn_weighted_cosine_knn(labelled_splits):
     tx, ty, ex, ey = labelled_splits
     for k, temp in [(20, 0.07), (5, 0.5)]:

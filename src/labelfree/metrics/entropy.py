@@ -60,13 +60,16 @@ PROJECTIONS = ("pca", "umap")
 _LN2 = math.log(2.0)
 
 
-def _pca(x: Tensor, dim: int) -> Tensor:
-    """Project centred ``x`` on its top ``dim`` principal axes (eigenvectors of the covariance)."""
+def _pca(x: Tensor, dim: int, *, dtype: torch.dtype | None = None) -> Tensor:
+    """Project centred ``x`` on its top ``dim`` principal axes (eigenvectors of the covariance).
+
+    Computed in float64; returned in ``dtype`` (default: the dtype of ``x``).
+    """
     xc = x.double() - x.double().mean(0)
     cov = xc.T @ xc / max(1, x.shape[0] - 1)
     _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
     top = vecs[:, -dim:].flip(1)
-    return (xc @ top).to(x.dtype)
+    return (xc @ top).to(dtype or x.dtype)
 
 
 def to_space(x: Tensor | np.ndarray, *, space: str = "raw", pca_dim: int = 32) -> Tensor:
@@ -218,10 +221,12 @@ def import_umap():
 
 
 def _project_2d(x: Tensor, projection: str, seed: int) -> Tensor:
-    if x.shape[1] <= 2:
-        return x if x.shape[1] == 2 else torch.cat([x, torch.zeros_like(x)], 1)
-    if projection == "pca":
-        return _pca(x, 2)
+    if projection == "pca" or x.shape[1] <= 2:
+        # Always rotate to the principal axes, 2-D input included: the grid is axis-aligned, so
+        # without the rotation the value depends on how the cloud happens to be oriented.
+        # Kept in float64 so rotated copies of a cloud land in the same cells.
+        p = _pca(x, min(2, x.shape[1]), dtype=torch.float64)
+        return p if p.shape[1] == 2 else torch.cat([p, torch.zeros_like(p)], 1)
     umap = import_umap()
     reducer = umap.UMAP(n_components=2, random_state=seed)
     emb = reducer.fit_transform(x.cpu().numpy())  # UMAP runs on the CPU only
@@ -240,7 +245,12 @@ def histogram_entropy(
     scaling and translating the projection. With 48 bins, 10,000 points give about 9.3 bits for a
     Gaussian cloud and 9.0 bits for the CIFAR-10 test embeddings of a randomly initialised
     ResNet-18. The projection is PCA (deterministic, on the input's device) or UMAP [3]
-    (``umap-learn`` extra, seeded, CPU only).
+    (``umap-learn`` extra, seeded, CPU only). PCA rotates every input to its principal axes,
+    2-D input included (input with ``D <= 2`` is never passed to UMAP), so the value does not
+    depend on the orientation of the cloud: rotating it, or adding constant or zero columns,
+    leaves it unchanged. The axes are undefined when the top two variances are equal (an
+    isotropic 2-D cloud); the histogram of such a cloud still depends on the rotation the
+    eigensolver picks.
 
     Args:
         x: ``(N, D)`` embeddings (already in the chosen space).

@@ -120,11 +120,25 @@ def _fit_softmax(
     return weights(vt), b.squeeze(1)
 
 
+# A train feature whose standard deviation is at most this many units of roundoff of its mean is
+# constant: rows that agree exactly still leave a residue t - mean(t) of a few roundoffs.
+_CONSTANT_FEATURE_ULPS = 16
+
+
 def _standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
+    """Scale by the train split's mean and std; features constant on the train split become 0.
+
+    A constant feature's rounding residue ``t - mean`` is not signal: divided by its (tiny or
+    zero) std it became O(1) values that the preconditioner then amplified, and a probe on
+    identical embeddings predicted class 0 instead of the majority class. Set exactly to 0
+    (train and evaluation rows alike), such a feature carries nothing, and the probe falls back
+    to the class prior through the bias.
+    """
     mean = train.mean(0)
     std = train.std(0, unbiased=False)
-    std = torch.where(std > 0, std, torch.ones_like(std))  # constant features stay 0
-    return [(t - mean) / std for t in (train, *others)]
+    constant = std <= _CONSTANT_FEATURE_ULPS * torch.finfo(train.dtype).eps * mean.abs()
+    std = torch.where(constant, torch.ones_like(std), std)
+    return [((t - mean) / std).masked_fill_(constant, 0.0) for t in (train, *others)]
 
 
 def linear_probe_acc(
