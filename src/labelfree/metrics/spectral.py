@@ -79,13 +79,18 @@ def _unit_roundoff(x: object) -> float:
 def _scatter_upper(z: Tensor) -> Tensor:
     """``z^T z`` (float64, ``D x D``); only its upper triangle is meaningful.
 
-    On the CPU this is BLAS ``dsyrk``, which computes one triangle: half the flops of the general
-    product (``z^T`` of a C-ordered array is Fortran-ordered, so nothing is copied). Elsewhere a
-    plain product on the device. Read the result with ``eigvalsh(..., UPLO="U")``.
+    On the CPU this is scipy's BLAS ``dsyrk``, which computes one triangle: half the flops of
+    the general product torch would run (``z^T`` of a C-ordered array is Fortran-ordered, so
+    nothing is copied). scipy's BLAS has its own thread pool; it gets as many threads as torch
+    is allowed (``torch.set_num_threads``), so one setting still governs both. Elsewhere a plain
+    product on the device. Read the result with ``eigvalsh(..., UPLO="U")``.
     """
-    if z.device.type == "cpu":
+    if z.device.type != "cpu":
+        return z.T @ z
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency; lazy: CPU only
+
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
         return torch.from_numpy(blas.dsyrk(1.0, z.numpy().T, trans=0))
-    return z.T @ z
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,6 +164,7 @@ def _spectrum(
         return Spectrum(
             empty, _singular_values(gram, n, d), math.nan, n, n_rows, d, max_samples, seed
         )
+    # copy + in-place centring: measured 2x faster than the promoting z32 - mean64 in one op
     mean = z.mean(0)
     scatter = _scatter_upper(z.sub_(mean))  # Xc^T Xc
     del z
