@@ -28,6 +28,12 @@ timed.
     python scripts/bench_metrics.py --quick              # a 2500 x 512, k=10 smoke run
     python scripts/bench_metrics.py --device cuda --sizes 50000 --ref-max-n 0
     python scripts/bench_metrics.py --silhouette-error --sizes 10000   # sampled-S1 error study
+    python scripts/bench_metrics.py --spectral           # spectral metrics: separate vs shared
+
+``--spectral`` times RankMe, alpha-ReQ and NESum each on the embeddings (three D x D float64
+products and eigendecompositions) against one ``spectrum(x)`` shared by all three, next to a
+plain ``np.cov`` (float64 covariance, no eigendecomposition) and to LiDAR (100 images x 10
+views) and l2_std; median of ``--repeats`` runs, N = 10,000 unless ``--sizes`` says otherwise.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ from labelfree.metrics import (
     silhouette,
     silhouette_samples,
 )
+from labelfree.metrics.lidar import lidar
+from labelfree.metrics.spectral import alpha_req, l2_std, nesum, rankme, spectrum
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "labelfree" / "conf" / "metrics"
 
@@ -214,9 +222,76 @@ def silhouette_error_study(args, device):
     return rows
 
 
+def _median_time(fn, device, repeats):
+    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up run); its result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), out
+
+
+def _spectral_case(x, device, repeats, seed):
+    """Times (and values) of the spectral metrics on one ``(N, d)`` float32 array."""
+    xt = torch.from_numpy(x).to(device)
+    cpu = torch.device("cpu")
+    row = {"np_cov": _median_time(lambda: np.cov(x, rowvar=False), cpu, repeats)[0]}
+    separate = {}
+    for fn in (rankme, alpha_req, nesum):
+        row[fn.__name__], separate[fn.__name__] = _median_time(lambda f=fn: f(xt), device, repeats)
+    row["separate"] = row["rankme"] + row["alpha_req"] + row["nesum"]
+    row["spectrum"] = _median_time(lambda: spectrum(xt), device, repeats)[0]
+
+    def shared():
+        s = spectrum(xt)
+        return {fn.__name__: fn(xt, spectrum=s) for fn in (rankme, alpha_req, nesum)}
+
+    row["shared"], values = _median_time(shared, device, repeats)
+    row["max_rel_diff"] = max(abs(values[k] / separate[k] - 1) for k in separate)
+    # LiDAR at stable-pretraining's size: 100 images x 10 noisy views
+    noise = 0.1 * np.random.default_rng(seed).normal(size=(100, 10, x.shape[1]))
+    views = torch.from_numpy((x[:100, None, :] + noise).astype(np.float32)).to(device)
+    row["lidar_100x10"] = _median_time(lambda: lidar(views), device, repeats)[0]
+    row["l2_std"] = _median_time(lambda: l2_std(xt), device, repeats)[0]
+    return row
+
+
+def spectral_study(args, device):
+    """RankMe, alpha-ReQ and NESum computed separately vs from one shared spectrum."""
+    print(f"\n## Spectral metrics: separate vs one shared spectrum (median of {args.repeats} "
+          "runs, seconds)")  # fmt: skip
+    print("| N | d | np.cov | rankme | alpha_req | nesum | separate total | spectrum() "
+          "| shared total (spectrum + 3 metrics) | speedup | max rel diff | lidar (100 x 10) "
+          "| l2_std |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for n in args.sizes:
+        x, _, _, _ = ssl_like(n, 10, args.dim, 10, seed=args.seed)
+        row = {"n": n, "d": args.dim, **_spectral_case(x, device, args.repeats, args.seed)}
+        rows.append(row)
+        print(
+            "| {n} | {d} | {np_cov:.3f} | {rankme:.3f} | {alpha_req:.3f} | {nesum:.3f} "
+            "| {separate:.3f} | {spectrum:.3f} | {shared:.3f} | {speedup:.1f}x "
+            "| {max_rel_diff:.1e} | {lidar_100x10:.3f} | {l2_std:.3f} |".format(
+                speedup=row["separate"] / row["shared"], **row
+            )
+        )
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[2500, 10000, 50000])
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="N values (default: 2500 10000 50000; 10000 with --spectral)",
+    )
     p.add_argument("--ks", type=int, nargs="+", default=[10, 100])
     p.add_argument("--dim", type=int, default=512)
     p.add_argument(
@@ -246,10 +321,18 @@ def main() -> None:
         action="store_true",
         help="measure the sampled silhouette's error instead",
     )
+    p.add_argument(
+        "--spectral",
+        action="store_true",
+        help="time RankMe/alpha-ReQ/NESum separately vs from one shared spectrum instead",
+    )
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per step (--spectral)")
     p.add_argument("--anchors", type=int, nargs="+", default=[1000, 2500, 10000])
     p.add_argument("--error-seeds", type=int, default=10)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
+    if args.sizes is None:
+        args.sizes = [10000] if args.spectral else [2500, 10000, 50000]
     if args.quick:
         args.sizes, args.ks = [2500], [10]
     device = torch.device(args.device)
@@ -264,6 +347,12 @@ def main() -> None:
     omp = os.environ.get("OMP_WAIT_POLICY", "unset")
     print(f"# command: {' '.join(sys.argv)} (OMP_WAIT_POLICY={omp})")
     print(f"# load average at start: {os.getloadavg()[0]:.2f}")
+    if args.spectral:
+        rows = spectral_study(args, device)
+        print(f"# load average at end: {os.getloadavg()[0]:.2f}")
+        if args.json:
+            args.json.write_text(json.dumps({"spectral": rows}, indent=1, default=float))
+        return
     if args.silhouette_error:
         rows = silhouette_error_study(args, device)
         if args.json:
