@@ -34,6 +34,8 @@ METRIC_LABELS = {
     "lf/alpha_req": ("alpha-ReQ", r"$\alpha$-ReQ"),
     "lf/nesum": ("NESum", "NESum"),
     "lf/uniformity": ("Uniformity", "Uniformity"),
+    "lf/l2_std": ("l2-std", r"$\ell_2$-std"),
+    "lf/lidar": ("LiDAR", "LiDAR"),
     "sup/kmeans_gt_ami": ("AMI(C1;C_GT)", r"$\mathrm{AMI}(C_1;C_{GT})$"),
     "sup/linear_probe_acc": ("linear probe acc.", "linear probe acc."),
     "sup/knn_acc": ("kNN acc.", "kNN acc."),

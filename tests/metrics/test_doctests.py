@@ -8,6 +8,7 @@ MODULES = [
     "labelfree.metrics.agreement",
     "labelfree.metrics.entropy",
     "labelfree.metrics.kmeans",
+    "labelfree.metrics.lidar",
     "labelfree.metrics.probe",
     "labelfree.metrics.registry",
     "labelfree.metrics.silhouette",

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,8 @@ def test_metric_names_and_order_are_the_public_ones():
         "alpha_req",
         "nesum",
         "uniformity",
+        "l2_std",
+        "lidar",
     )
     assert LABEL_METRICS == ("kmeans_gt_ami", "linear_probe_acc", "knn_acc", "fewshot_probe_acc")
     assert list(NODES)[0] == "kmeans"
@@ -63,7 +67,7 @@ def test_providers_are_computed_once_and_only_when_needed(monkeypatch, blobs):
     timings.clear()
     compute_metrics(blobs.x, config={"name": "t", "compute": ["rankme"]}, timings=timings)
     assert calls == []
-    assert list(timings) == ["rankme"]
+    assert list(timings) == ["spectrum", "rankme"]
 
 
 def test_a_provider_can_be_passed_by_keyword(monkeypatch):
@@ -95,3 +99,94 @@ def test_a_provider_can_be_passed_by_keyword(monkeypatch):
     assert evaluation.call(spec) == evaluation.call(spec)
     assert computed == [1]
     assert set(timings) == {"gram", "gram_trace"}
+
+
+def test_spectrum_is_a_need_never_a_config_key():
+    for name in ("rankme", "alpha_req", "nesum"):
+        assert "spectrum" in registry.SPECS[name].needs
+        assert "spectrum" not in registry.node_keys(registry.SPECS[name])
+    assert registry.node_keys(registry.SPECS["rankme"]) == ("eps", "max_samples")
+    assert registry.node_keys(registry.SPECS["lidar"]) == ("delta", "eps", "n_images", "n_views")
+    assert registry.node_keys(registry.SPECS["l2_std"]) == ()
+
+
+def _counting_spectrum(monkeypatch):
+    calls = []
+    real = registry._spectrum
+
+    def counting(x, **kwargs):
+        calls.append({"rows": x.shape[0], **kwargs})
+        return real(x, **kwargs)
+
+    monkeypatch.setattr(registry, "_spectrum", counting)
+    monkeypatch.setattr("labelfree.metrics.spectral._spectrum", counting)
+    return calls
+
+
+def test_one_spectrum_serves_rankme_alpha_req_and_nesum(monkeypatch, blob_factory):
+    x = blob_factory(n=500, d=24, k=4, seed=5).x
+    names = ["rankme", "alpha_req", "nesum"]
+    alone = {n: compute_metrics(x, config={"name": "t", "compute": [n]})[f"lf/{n}"] for n in names}
+    calls = _counting_spectrum(monkeypatch)
+    timings = {}
+    shared = compute_metrics(x, config={"name": "t", "compute": names}, timings=timings)
+    assert len(calls) == 1  # one pass for three metrics
+    assert calls[0] | {"rows": 500} == {
+        "rows": 500,
+        "max_samples": None,
+        "seed": 0,
+        "covariance": True,
+        "singular": True,
+    }
+    assert list(timings) == ["spectrum", "rankme", "alpha_req", "nesum"]
+    assert shared["lf/alpha_req"] == alone["alpha_req"]
+    assert shared["lf/nesum"] == alone["nesum"]
+    assert shared["lf/rankme"] == pytest.approx(alone["rankme"], rel=1e-10)
+
+
+def test_rankme_above_max_samples_computes_its_own_subsample(monkeypatch, blob_factory):
+    """The shared spectrum covers all rows; RankMe with max_samples < N uses other rows."""
+    x = blob_factory(n=400, d=16, k=4, seed=6).x
+    cfg = {"name": "t", "compute": ["rankme", "nesum"], "rankme": {"max_samples": 300}}
+    alone = compute_metrics(x, config={**cfg, "compute": ["rankme"]}, seed=2)["lf/rankme"]
+    calls = _counting_spectrum(monkeypatch)
+    out = compute_metrics(x, config=cfg, seed=2)
+    # the shared one: covariance only, all rows; then RankMe's own 300 seeded rows
+    assert [(c["max_samples"], c["covariance"], c["singular"]) for c in calls] == [
+        (None, True, False),
+        (300, False, True),
+    ]
+    assert out["lf/rankme"] == alone
+    assert out["lf/rankme"] != compute_metrics(x, config={**cfg, "rankme": {}}, seed=2)["lf/rankme"]
+    calls.clear()
+    compute_metrics(x, config={**cfg, "compute": ["rankme"]}, seed=2)
+    assert [(c["max_samples"], c["seed"]) for c in calls] == [(300, 2)]  # RankMe's rows, once
+
+
+def test_lidar_and_l2_std_through_the_suite(blob_factory):
+    from labelfree.metrics import l2_std, lidar
+
+    x = blob_factory(n=200, d=8, k=4, seed=7).x
+    rng = np.random.default_rng(0)
+    views = x[:20, None, :] + 0.3 * rng.normal(size=(20, 4, 8)).astype(np.float32)
+    cfg = {"name": "t", "compute": ["l2_std", "lidar"], "lidar": {"delta": 1e-3, "n_images": 7}}
+    out = compute_metrics(x, config=cfg, views=views)
+    assert out == {"lf/l2_std": l2_std(x), "lf/lidar": lidar(views, delta=1e-3)}
+    assert list(compute_metrics(x, config=cfg)) == ["lf/l2_std"]  # no views: LiDAR skipped
+    bad = views.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="views contain 1 non-finite .* NaN: lidar"):
+        out = compute_metrics(x, config=cfg, views=bad)
+    assert math.isnan(out["lf/lidar"])
+    assert out["lf/l2_std"] == l2_std(x)
+    with pytest.raises(ValueError, match=r"views must be a 3-D array .* got shape \(20, 8\)"):
+        compute_metrics(x, config=cfg, views=views[:, 0])
+    with pytest.raises(ValueError, match=r"metrics.lidar.n_views=1 must be an integer >= 2"):
+        compute_metrics(x, config={**cfg, "lidar": {"n_views": 1}}, views=views)
+
+
+def test_lidar_is_skipped_without_views_and_says_why(caplog, blob_factory):
+    x = blob_factory(n=100, d=8, k=4, seed=8).x
+    with caplog.at_level("INFO", logger="labelfree.metrics.suite"):
+        assert compute_metrics(x, config={"name": "t", "compute": ["lidar"]}) == {}
+    assert "metrics skipped: lidar (no augmented views)" in caplog.text

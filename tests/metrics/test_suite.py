@@ -73,11 +73,21 @@ def test_shipped_configs_compose_with_struct_mode(metric_configs):
 def test_yaml_keys_are_the_functions_keyword_arguments(metric_configs):
     for name, cfg in metric_configs.items():
         for node, spec in NODES.items():
-            fn = spec.fn
-            params = inspect.signature(fn).parameters
-            for key in cfg[node]:
-                assert key in params, f"{name}.yaml: {node}.{key} is not an argument of {fn}"
+            fns = [spec.fn, getattr(spec, "input_options", None)]
+            params = {
+                k: p
+                for fn in fns
+                if fn is not None
+                for k, p in inspect.signature(fn).parameters.items()
+            }
+            for key in cfg.get(node, {}):
+                assert key in params, f"{name}.yaml: {node}.{key} is not an argument of {fns}"
                 assert params[key].kind is inspect.Parameter.KEYWORD_ONLY
+    # the paper set is unchanged by the metrics that only the full set configures
+    assert "lidar" not in metric_configs["paper"]
+    assert "l2_std" not in metric_configs["paper"]
+    full = metric_configs["full"]
+    assert dict(full.lidar) == {"n_images": 100, "n_views": 10, "delta": 1e-4, "eps": 1e-7}
 
 
 def test_paper_suite_values_match_references(metric_configs, small_splits):
@@ -98,16 +108,27 @@ def test_paper_suite_values_match_references(metric_configs, small_splits):
     assert 0.5 < out["sup/linear_probe_acc"] <= 1.0
 
 
+def _views_of(x, n=20, q=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return x[:n, None, :] + rng.normal(scale=0.3, size=(n, q, x.shape[1])).astype(np.float32)
+
+
 def test_full_suite_keys_with_and_without_labels(metric_configs, small_splits):
     tx, ty, ex, ey = small_splits
     cfg = metric_configs["full"]
-    everything = compute_metrics(ex, config=cfg, labels=ey, train_embeddings=tx, train_labels=ty)
+    views = _views_of(ex)
+    everything = compute_metrics(
+        ex, config=cfg, labels=ey, train_embeddings=tx, train_labels=ty, views=views
+    )
     assert list(everything) == [metric_key(m) for m in ALL_METRICS]
-    unlabelled = compute_metrics(ex, config=_cfg(metric_configs, "full", kmeans__k=5))
+    unlabelled = compute_metrics(ex, config=_cfg(metric_configs, "full", kmeans__k=5), views=views)
     assert list(unlabelled) == [metric_key(m) for m in LABEL_FREE_METRICS]
     assert all(k.startswith("lf/") for k in unlabelled)
-    no_train = compute_metrics(ex, config=cfg, labels=ey)
+    no_train = compute_metrics(ex, config=cfg, labels=ey, views=views)
     assert list(no_train) == [*[metric_key(m) for m in LABEL_FREE_METRICS], "sup/kmeans_gt_ami"]
+    no_views = compute_metrics(ex, config=cfg, labels=ey)
+    assert "lf/lidar" not in no_views
+    assert no_views == {k: v for k, v in no_train.items() if k != "lf/lidar"}
     for key, value in unlabelled.items():  # same seed, same values with or without labels
         assert value == everything[key]
 
@@ -244,3 +265,46 @@ def test_results_do_not_depend_on_the_block_size(monkeypatch, metric_configs, sm
     out = compute_metrics(ex, **kw)
     for key, value in ref.items():
         assert out[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+# --- the edge cases of issue 15, through the suite --------------------------------------------
+
+
+def test_probes_on_identical_nonzero_embeddings_predict_the_majority_class_in_the_suite():
+    y = np.repeat([0, 1, 1, 1, 2], 20)  # majority class 1: 60 of 100
+    x = np.tile(np.random.default_rng(0).normal(size=6) * 3, (100, 1)).astype(np.float32)
+    cfg = {"name": "t", "compute": ["linear_probe_acc", "fewshot_probe_acc"]}
+    cfg["fewshot_probe_acc"] = {"fraction": 0.5}
+    out = compute_metrics(x, config=cfg, labels=y, train_embeddings=x, train_labels=y)
+    assert out == {"sup/linear_probe_acc": 0.6, "sup/fewshot_probe_acc": pytest.approx(0.6)}
+
+
+def test_histogram_entropy_of_2d_embeddings_is_rotation_invariant_in_the_suite():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(5000, 2)) * [3.0, 1.0]
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    cfg = {"name": "t", "compute": ["entropy"]}
+    h = compute_metrics(z, config=cfg)["lf/entropy"]
+    assert compute_metrics(z @ rotation, config=cfg)["lf/entropy"] == pytest.approx(h, abs=1e-9)
+
+
+@pytest.mark.parametrize(("n", "d"), [(20, 64), (3, 10)])
+def test_rankme_with_fewer_samples_than_dimensions_in_the_suite(n, d):
+    z = np.random.default_rng(n).normal(size=(n, d)) * np.linspace(0.5, 2, d)
+    sigma = np.linalg.svd(z, compute_uv=False)  # min(N, D) values, no phantom zeros
+    p = sigma / sigma.sum() + 1e-7
+    reference = float(np.exp(-(p * np.log(p)).sum()))
+    for compute in (["rankme"], ["rankme", "alpha_req", "nesum"]):  # alone and shared
+        out = compute_metrics(z, config={"name": "t", "compute": compute})
+        assert out["lf/rankme"] == pytest.approx(reference, rel=1e-9)
+
+
+def test_alpha_req_window_past_the_rank_warns_in_the_suite():
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(32, 32)))[0][:5]
+    x = ((rng.normal(size=(2000, 5)) * np.arange(1, 6) ** -1.0) @ basis).astype(np.float32)
+    cfg = {"name": "t", "compute": ["rankme", "alpha_req", "nesum"]}
+    with pytest.warns(RuntimeWarning, match=r"ranks 1\.\.32 extends past the numerical rank 5"):
+        out = compute_metrics(x, config=cfg)
+    assert out["lf/alpha_req"] == pytest.approx(2.0, abs=0.1)  # fitted on ranks 1..5

@@ -70,6 +70,49 @@ def as_embeddings(x: Tensor | np.ndarray, *, name: str = "embeddings") -> Tensor
     return x
 
 
+def as_views(views: Tensor | np.ndarray) -> Tensor:
+    """``views`` as a finite 3-D float tensor ``(n, q, d)`` on its own device, checked."""
+    if isinstance(views, np.ndarray):
+        if views.dtype.kind not in "fiub":
+            raise ValueError(f"views must be numeric; got dtype {views.dtype}.")
+        arr = np.ascontiguousarray(views)
+        views = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    elif not isinstance(views, Tensor):
+        raise ValueError(
+            f"views must be a numpy array or a torch tensor; got {type(views).__name__}. "
+            "Stack the view embeddings first, e.g. torch.stack(views, dim=1)."
+        )
+    if views.ndim != 3:
+        raise ValueError(
+            "views must be a 3-D array of shape (n_images, n_views, n_features): n clean images "
+            f"(surrogate classes), each with q augmented views; got shape {tuple(views.shape)}. "
+            "Stack the q view embeddings of each image, e.g. torch.stack(views, dim=1)."
+        )
+    n, q, d = views.shape
+    if n < 2:
+        raise ValueError(
+            f"lidar needs at least 2 images (surrogate classes) for the between-class "
+            f"covariance; got n={n} (views.shape[0]). Embed views of more images."
+        )
+    if q < 2:
+        raise ValueError(
+            f"lidar needs at least 2 augmented views per image for the within-class covariance; "
+            f"got q={q} (views.shape[1]). Embed more views of each image."
+        )
+    if d == 0:
+        raise ValueError(f"views have no features (shape {tuple(views.shape)}).")
+    views = views.detach()
+    bad = ~torch.isfinite(views) if views.is_floating_point() else None
+    if bad is not None and bool(bad.any()):
+        n_bad = int(bad.sum())
+        n_images = int(bad.flatten(1).any(1).sum())
+        raise ValueError(
+            f"views contain {n_bad} non-finite values (NaN or inf) in {n_images} of {n} images: "
+            "the encoder has probably diverged; check the training loss, or drop those images."
+        )
+    return views
+
+
 def as_labels(
     y: Tensor | np.ndarray, *, n: int, device: torch.device, name: str = "labels"
 ) -> Tensor:

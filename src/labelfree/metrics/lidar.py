@@ -22,58 +22,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from labelfree.metrics._checks import check_positive_float, nan_with_warning
+from labelfree.metrics._checks import (
+    as_views,
+    check_positive_float,
+    check_positive_int,
+    nan_with_warning,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["lidar"]
+__all__ = ["lidar", "lidar_views"]
 
 # Class means that agree to within this many float64 units of roundoff (times the rms of the
 # largest feature) are "equal": their scatter is rounding residue, not between-class variance.
 _MEAN_NOISE_ULPS = 64.0
-
-
-def _as_views(views: Tensor | np.ndarray) -> Tensor:
-    """``views`` as a finite 3-D float tensor ``(n, q, d)`` on its own device, checked."""
-    if isinstance(views, np.ndarray):
-        if views.dtype.kind not in "fiub":
-            raise ValueError(f"views must be numeric; got dtype {views.dtype}.")
-        arr = np.ascontiguousarray(views)
-        views = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-    elif not isinstance(views, Tensor):
-        raise ValueError(
-            f"views must be a numpy array or a torch tensor; got {type(views).__name__}. "
-            "Stack the view embeddings first, e.g. torch.stack(views, dim=1)."
-        )
-    if views.ndim != 3:
-        raise ValueError(
-            "views must be a 3-D array of shape (n_images, n_views, n_features): n clean images "
-            f"(surrogate classes), each with q augmented views; got shape {tuple(views.shape)}. "
-            "Stack the q view embeddings of each image, e.g. torch.stack(views, dim=1)."
-        )
-    n, q, d = views.shape
-    if n < 2:
-        raise ValueError(
-            f"lidar needs at least 2 images (surrogate classes) for the between-class "
-            f"covariance; got n={n} (views.shape[0]). Embed views of more images."
-        )
-    if q < 2:
-        raise ValueError(
-            f"lidar needs at least 2 augmented views per image for the within-class covariance; "
-            f"got q={q} (views.shape[1]). Embed more views of each image."
-        )
-    if d == 0:
-        raise ValueError(f"views have no features (shape {tuple(views.shape)}).")
-    views = views.detach()
-    bad = ~torch.isfinite(views) if views.is_floating_point() else None
-    if bad is not None and bool(bad.any()):
-        n_bad = int(bad.sum())
-        n_images = int(bad.flatten(1).any(1).sum())
-        raise ValueError(
-            f"views contain {n_bad} non-finite values (NaN or inf) in {n_images} of {n} images: "
-            "the encoder has probably diverged; check the training loss, or drop those images."
-        )
-    return views
 
 
 def lidar(views: Tensor | np.ndarray, *, delta: float = 1e-4, eps: float = 1e-7) -> float:
@@ -143,7 +105,7 @@ def lidar(views: Tensor | np.ndarray, *, delta: float = 1e-4, eps: float = 1e-7)
     """
     delta = check_positive_float(delta, "delta")
     eps = check_positive_float(eps, "eps", allow_zero=True)
-    x = _as_views(views).to(torch.float64)
+    x = as_views(views).to(torch.float64)
     n, q, d = x.shape
     means = x.mean(1)  # (n, d)
     centred_means = means - means.mean(0)
@@ -171,3 +133,33 @@ def lidar(views: Tensor | np.ndarray, *, delta: float = 1e-4, eps: float = 1e-7)
     if lam.numel() < d and eps > 0:  # the d - n eigenvalues left out are 0: each has p = eps
         entropy -= (d - lam.numel()) * eps * math.log(eps)
     return math.exp(entropy)
+
+
+def lidar_views(*, n_images: int = 100, n_views: int = 10) -> tuple[int, int]:
+    """How LiDAR's input is made: ``n_images`` fixed evaluation images, ``n_views`` views each.
+
+    Not a metric: the caller that embeds the views (the training evaluator, ``labelfree.monitor``)
+    reads these two keys of the ``metrics.lidar`` node through
+    :func:`labelfree.metrics.suite.input_options`, draws ``n_images`` images of the evaluation
+    split once (seeded: the same images at every evaluation), embeds ``n_views`` augmented views
+    of each and passes the ``(n_images, n_views, d)`` array to :func:`lidar`. The defaults are
+    stable-pretraining's LiDAR callback's (100 images, 10 views; [0] used more of both).
+
+    Args:
+        n_images: Surrogate classes (clean images), at least 2.
+        n_views: Augmented views per image, at least 2.
+
+    Returns:
+        ``(n_images, n_views)``, checked.
+
+    Raises:
+        ValueError: for a value below 2.
+
+    Examples:
+        >>> lidar_views(), lidar_views(n_images=50)
+        ((100, 10), (50, 10))
+    """
+    return (
+        check_positive_int(n_images, "n_images", minimum=2),
+        check_positive_int(n_views, "n_views", minimum=2),
+    )

@@ -4,9 +4,10 @@ A metric is one :class:`MetricSpec` in :data:`METRICS`: its function (whose name
 name and its ``metrics.<name>`` config node), what the function takes besides its options
 (``needs``), the rules of its option values and, optionally, a check against the data sizes.
 What several metrics share is a :class:`Provider` in :data:`PROVIDERS`, computed lazily, once
-per evaluation (today the k-means partitions: C1..Cn for the agreement, C1 for the silhouette
-and ``kmeans_gt_ami``). :func:`labelfree.metrics.suite.compute_metrics` runs the specs in this
-table and has no per-metric branch.
+per evaluation (the k-means partitions: C1..Cn for the agreement, C1 for the silhouette and
+``kmeans_gt_ami``; the eigenvalue spectrum of RankMe, alpha-ReQ and NESum).
+:func:`labelfree.metrics.suite.compute_metrics` runs the specs in this table and has no
+per-metric branch.
 
 Adding a metric is a function plus a spec in :data:`METRICS`::
 
@@ -16,17 +17,18 @@ Adding a metric is a function plus a spec in :data:`METRICS`::
     MetricSpec(my_score, needs=("embeddings",), rules={"alpha": number(positive=True)})
 
 then ``my_score`` in ``metrics.compute`` and a ``my_score: {alpha: 1.0}`` node in the YAML.
-Adding a shared intermediate is a provider in :data:`PROVIDERS` and a need of its name, e.g. one
-eigenvalue spectrum for several spectral metrics::
+Adding a shared intermediate is a provider in :data:`PROVIDERS` and a need of its name. The
+spectral metrics share one (``spectrum``: one float64 pass over the embeddings for RankMe,
+alpha-ReQ and NESum, see :func:`_shared_spectrum`); a need listed by a function's keyword-only
+argument of the same name is passed by keyword and is never a config key::
 
-    def _spectrum(evaluation: Mapping[str, Any]) -> Tensor:
-        return covariance_eigenvalues(evaluation["embeddings"])
-
-    Provider("spectrum", _spectrum, needs=("embeddings",), timing="spectrum")
-    MetricSpec(rankme, needs=("spectrum",), rules=...)  # rankme(spectrum, *, eps, ...)
+    Provider("spectrum", _shared_spectrum, timing="spectrum")
+    MetricSpec(rankme, needs=("embeddings", "spectrum"), rules=...)  # rankme(x, *, spectrum)
 
 A new caller input (LiDAR's augmented views) is an entry of :data:`INPUTS`, with the reason a
-metric that needs it is skipped without it, and an argument of ``compute_metrics``.
+metric that needs it is skipped without it, and an argument of ``compute_metrics``. How the
+caller makes it can be configured in the metric's node: ``input_options`` (LiDAR's ``n_images``
+and ``n_views``, read by the caller through :func:`labelfree.metrics.suite.input_options`).
 """
 
 from __future__ import annotations
@@ -52,9 +54,18 @@ from labelfree.metrics._checks import (
 from labelfree.metrics.agreement import kmeans_agreement, kmeans_gt_ami
 from labelfree.metrics.entropy import ESTIMATORS, PROJECTIONS, SPACES, entropy, import_umap
 from labelfree.metrics.kmeans import kmeans
+from labelfree.metrics.lidar import lidar, lidar_views
 from labelfree.metrics.probe import fewshot_probe_acc, knn_acc, linear_probe_acc
 from labelfree.metrics.silhouette import silhouette
-from labelfree.metrics.spectral import alpha_req, nesum, rankme, uniformity
+from labelfree.metrics.spectral import (
+    Spectrum,
+    _spectrum,
+    alpha_req,
+    l2_std,
+    nesum,
+    rankme,
+    uniformity,
+)
 from labelfree.records import metric_key as record_key
 
 __all__ = [
@@ -84,6 +95,7 @@ INPUTS: dict[str, str] = {
     "labels": "no labels",
     "train_embeddings": "no train_embeddings/train_labels",
     "train_labels": "no train_embeddings/train_labels",
+    "views": "no augmented views",
 }
 _LABEL_INPUTS = ("labels", "train_labels")  # a metric needing one of them is label-based
 
@@ -96,11 +108,13 @@ class DataSizes:
         n_samples: Rows of the evaluation split.
         n_classes: Distinct labels of the evaluation split, ``None`` if unlabelled.
         n_train: Rows of the labelled train split for the probes, ``None`` if none.
+        views: ``(n_images, n_views)`` of LiDAR's augmented views, ``None`` if none.
     """
 
     n_samples: int
     n_classes: int | None
     n_train: int | None
+    views: tuple[int, int] | None = None
 
 
 Check = Callable[[dict[str, Any], DataSizes], None]
@@ -122,12 +136,17 @@ class MetricSpec:
             check, whether or not the metric is requested).
         check: ``check(config, sizes)`` for constraints that depend on the data sizes; run only
             when the metric is requested and its inputs are there.
+        input_options: A function whose keyword-only arguments are further keys of the node:
+            how the caller makes the metric's inputs (LiDAR: how many images and views it
+            embeds). Never passed to ``fn``; the caller reads them with
+            :func:`labelfree.metrics.suite.input_options`.
     """
 
     fn: Callable[..., float]
     needs: tuple[str, ...] = ("embeddings",)
     rules: Mapping[str, Rule] = field(default_factory=dict)
     check: Check | None = None
+    input_options: Callable[..., Any] | None = None
 
     @property
     def name(self) -> str:
@@ -209,6 +228,41 @@ def _first_partition(evaluation: Mapping[str, Any]) -> Tensor:
     return evaluation["partitions"][0]
 
 
+def _option(evaluation: Mapping[str, Any], fn: Callable[..., Any], name: str) -> Any:
+    """Option ``name`` of ``fn`` as the metric will get it: its node's value, else the default."""
+    options = evaluation.options(fn)
+    if name in options:
+        return options[name]
+    return inspect.signature(fn).parameters[name].default
+
+
+def _shared_spectrum(evaluation: Mapping[str, Any]) -> Spectrum:
+    """One :func:`~labelfree.metrics.spectral.spectrum` for RankMe, alpha-ReQ and NESum.
+
+    Computed once per evaluation, on the rows the requested spectral metrics use, and only the
+    parts they read: the covariance eigenvalues on all rows when ``alpha_req`` or ``nesum`` is
+    requested; the singular values when ``rankme`` is, on the same rows if ``N <=
+    metrics.rankme.max_samples`` (RankMe then uses all rows too), otherwise, with RankMe alone,
+    on RankMe's own seeded subsample. RankMe takes a spectrum only if it covers the rows it
+    would use (:func:`~labelfree.metrics.spectral.rankme` checks): with ``alpha_req`` or
+    ``nesum`` and ``N > max_samples`` it computes its own subsample, as it did unshared.
+    """
+    x = evaluation["embeddings"]
+    compute = evaluation.config.get("compute") or ()
+    covariance = "alpha_req" in compute or "nesum" in compute
+    max_samples = _option(evaluation, rankme, "max_samples")
+    all_rows = max_samples is None or x.shape[0] <= max_samples
+    singular = "rankme" in compute and (all_rows or not covariance)
+    # the private builder: a public spectrum() always computes both parts
+    return _spectrum(
+        x,
+        max_samples=None if covariance else max_samples,
+        seed=evaluation.seed,
+        covariance=covariance,
+        singular=singular,
+    )
+
+
 PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in (
@@ -227,6 +281,7 @@ PROVIDERS: dict[str, Provider] = {
             timing="kmeans",
         ),
         Provider("partition", _first_partition, needs=("partitions",)),
+        Provider("spectrum", _shared_spectrum, timing="spectrum"),
     )
 }
 
@@ -302,18 +357,35 @@ METRICS: tuple[MetricSpec, ...] = (
         },
         check=_check_entropy,
     ),
-    MetricSpec(rankme, rules={"eps": number(), "max_samples": integer(1, optional=True)}),
+    MetricSpec(
+        rankme,
+        needs=("embeddings", "spectrum"),
+        rules={"eps": number(), "max_samples": integer(1, optional=True)},
+    ),
     MetricSpec(
         alpha_req,
+        needs=("embeddings", "spectrum"),
         rules={
             "fit_start": integer(1),
             "fit_end": all_of(integer(2, optional=True), larger_than("fit_start", default=1)),
         },
     ),
-    MetricSpec(nesum),
+    MetricSpec(nesum, needs=("embeddings", "spectrum")),
     MetricSpec(
         uniformity,
         rules={"t": number(positive=True), "max_samples": integer(2, optional=True)},
+    ),
+    MetricSpec(l2_std),
+    MetricSpec(
+        lidar,
+        needs=("views",),
+        rules={
+            "delta": number(positive=True),
+            "eps": number(),
+            "n_images": integer(2),
+            "n_views": integer(2),
+        },
+        input_options=lidar_views,
     ),
     MetricSpec(kmeans_gt_ami, needs=("partition", "labels")),
     MetricSpec(
@@ -365,10 +437,19 @@ def inputs_of(needs: Iterable[str]) -> tuple[str, ...]:
 
 
 def node_keys(spec: MetricSpec | Provider) -> tuple[str, ...]:
-    """The keys of a config node: ``spec.fn``'s keyword-only arguments but ``seed`` and needs."""
-    params = inspect.signature(spec.fn).parameters.values()
+    """The keys of a config node: ``spec.fn``'s keyword-only arguments but ``seed`` and needs.
+
+    A metric's ``input_options`` function adds its keyword-only arguments after them.
+    """
+    fns = [spec.fn, getattr(spec, "input_options", None)]
     skip = {"seed", *spec.needs}
-    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in skip)
+    return tuple(
+        p.name
+        for fn in fns
+        if fn is not None
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name not in skip
+    )
 
 
 def _label_based(spec: MetricSpec) -> bool:

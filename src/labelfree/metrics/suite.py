@@ -34,12 +34,12 @@ from tqdm.auto import tqdm
 
 import labelfree.metrics.registry as registry
 from labelfree.config import as_container
-from labelfree.metrics._checks import as_embeddings, as_labels
+from labelfree.metrics._checks import as_embeddings, as_labels, as_views
 from labelfree.metrics.registry import DataSizes, MetricSpec, metric_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Evaluation", "check_metrics_config", "compute_metrics"]
+__all__ = ["Evaluation", "check_metrics_config", "compute_metrics", "input_options"]
 
 _TOP_KEYS = ("name", "compute", *registry.NODES)
 
@@ -81,9 +81,14 @@ class Evaluation:
         return self._values[name]
 
     def options(self, fn: Callable[..., Any]) -> dict[str, Any]:
-        """Keyword arguments of ``fn`` from its config node, plus ``seed`` if it takes one."""
-        options = dict(self.config.get(fn.__name__) or {})
-        if "seed" in inspect.signature(fn).parameters:
+        """Keyword arguments of ``fn`` from its config node, plus ``seed`` if it takes one.
+
+        Keys of the node that are not ``fn``'s (a metric's ``input_options``) are left out.
+        """
+        params = inspect.signature(fn).parameters
+        node = self.config.get(fn.__name__) or {}
+        options = {key: value for key, value in node.items() if key in params}
+        if "seed" in params:
             options["seed"] = self.seed
         return options
 
@@ -114,6 +119,8 @@ def _plan(names: list[str], sizes: DataSizes) -> tuple[list[MetricSpec], list[st
         given.add("labels")
     if sizes.n_train is not None:
         given.update(("train_embeddings", "train_labels"))
+    if sizes.views is not None:
+        given.add("views")
     run, skipped = [], []
     for spec in registry.SPECS.values():
         if spec.name in names:
@@ -228,6 +235,39 @@ def check_metrics_config(
     _checked(_config_dict(config), DataSizes(n_samples, n_classes, n_train))
 
 
+def input_options(config: Any, name: str) -> Any:
+    """How a caller should make metric ``name``'s inputs, from the metric's config node.
+
+    The keys of ``metrics.<name>`` that belong to the spec's ``input_options`` function
+    (:class:`~labelfree.metrics.registry.MetricSpec`), passed to it; unset keys take its
+    defaults. For ``lidar``: ``(n_images, n_views)``, see
+    :func:`~labelfree.metrics.lidar.lidar_views`.
+
+    Args:
+        config: The ``metrics`` node (DictConfig or plain mapping).
+        name: A metric name with ``input_options`` (``lidar``).
+
+    Returns:
+        What the ``input_options`` function returns.
+
+    Raises:
+        ValueError: for a metric without input options, or a bad value.
+
+    Examples:
+        >>> input_options({"compute": ["lidar"], "lidar": {"n_views": 4, "delta": 1e-3}}, "lidar")
+        (100, 4)
+    """
+    spec = registry.SPECS.get(name)
+    if spec is None or spec.input_options is None:
+        with_options = [n for n, s in registry.SPECS.items() if s.input_options is not None]
+        raise ValueError(
+            f"Metric {name!r} has no input options; metrics with them: {', '.join(with_options)}."
+        )
+    node = _config_dict(config).get(name) or {}
+    params = inspect.signature(spec.input_options).parameters
+    return spec.input_options(**{k: v for k, v in node.items() if k in params})
+
+
 # --------------------------------------------------------------------------------------------
 # the suite
 # --------------------------------------------------------------------------------------------
@@ -240,17 +280,20 @@ def compute_metrics(
     labels: Tensor | np.ndarray | None = None,
     train_embeddings: Tensor | np.ndarray | None = None,
     train_labels: Tensor | np.ndarray | None = None,
+    views: Tensor | np.ndarray | None = None,
     seed: int = 0,
     timings: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Compute the metrics enabled in ``config`` on one evaluation split.
 
-    Label-free metrics always run when listed in ``config["compute"]``; label-based ones only
-    when ``labels`` are given, and the probes and kNN (``linear_probe_acc``, ``knn_acc``,
-    ``fewshot_probe_acc``) only when ``train_embeddings`` and ``train_labels`` are given too.
-    k-means runs once (``kmeans.n_runs`` seeded initialisations) and its partitions feed
+    Label-free metrics run when listed in ``config["compute"]`` (``lidar`` only when ``views``
+    are given); label-based ones only when ``labels`` are given, and the probes and kNN
+    (``linear_probe_acc``, ``knn_acc``, ``fewshot_probe_acc``) only when ``train_embeddings``
+    and ``train_labels`` are given too; a metric without its inputs is skipped and the log says
+    why. k-means runs once (``kmeans.n_runs`` seeded initialisations) and its partitions feed
     silhouette (C1), agreement (C1..Cn) and ``kmeans_gt_ami`` (C1). ``kmeans.k: null`` means the
-    number of distinct ``labels``.
+    number of distinct ``labels``. RankMe, alpha-ReQ and NESum share one eigenvalue spectrum
+    (the ``spectrum`` provider of :mod:`~labelfree.metrics.registry`).
 
     Everything runs on the device of ``embeddings`` (a CUDA tensor stays on the GPU; numpy
     inputs of the other arguments are moved to that device). Deterministic given ``seed`` and
@@ -263,6 +306,9 @@ def compute_metrics(
         labels: ``(N,)`` integer labels of the evaluation split, optional.
         train_embeddings: ``(M, D)`` labelled train-split embeddings for the probes, optional.
         train_labels: ``(M,)`` labels of the train split.
+        views: ``(n, q, d)`` embeddings of ``q`` augmented views of each of ``n`` images, for
+            LiDAR (``metrics.lidar.n_images`` and ``n_views`` say how many a caller should
+            make; an array of another size is used as given), optional.
         seed: Seed of every random choice (k-means seeding, subsamples, few-shot draws).
         timings: Optional dict that receives the seconds spent per metric (and ``kmeans``).
 
@@ -303,7 +349,20 @@ def compute_metrics(
         if isinstance(tx, Tensor):
             tx = tx.to(device)
         ty = as_labels(train_labels, n=int(tx.shape[0]), device=device, name="train_labels")
-    sizes = DataSizes(n, n_classes, int(tx.shape[0]) if tx is not None else None)
+    v = bad_views = None
+    if views is not None:
+        try:
+            v = as_views(views).to(device)
+        except ValueError as err:
+            if "non-finite" not in str(err):
+                raise
+            bad_views = err  # the metrics needing the views are NaN (below); the others run
+    sizes = DataSizes(
+        n,
+        n_classes,
+        int(tx.shape[0]) if tx is not None else None,
+        views=tuple(views.shape[:2]) if views is not None else None,
+    )
     cfg = _checked(cfg, sizes)
     run, skipped = _plan(_compute_list(cfg), sizes)
     if skipped:
@@ -319,7 +378,14 @@ def compute_metrics(
         warnings.warn(f"{err} Every metric is NaN.", RuntimeWarning, stacklevel=2)
         return {metric_key(spec.name): math.nan for spec in run}
 
-    inputs = {"embeddings": x, "labels": y, "train_embeddings": tx, "train_labels": ty}
+    nan = set()
+    if bad_views is not None:
+        nan = {spec.name for spec in run if "views" in registry.inputs_of(spec.needs)}
+        if nan:
+            warnings.warn(
+                f"{bad_views} NaN: {', '.join(sorted(nan))}.", RuntimeWarning, stacklevel=2
+            )
+    inputs = {"embeddings": x, "labels": y, "train_embeddings": tx, "train_labels": ty, "views": v}
     evaluation = Evaluation(
         {name: value for name, value in inputs.items() if value is not None},
         config=cfg,
@@ -328,6 +394,6 @@ def compute_metrics(
         timings=timings,
     )
     return {
-        metric_key(spec.name): evaluation.call(spec)
+        metric_key(spec.name): math.nan if spec.name in nan else evaluation.call(spec)
         for spec in tqdm(run, desc="metrics", leave=False, disable=None)
     }
