@@ -92,7 +92,8 @@ def test_run_eval_npz_full_suite(files, monkeypatch):
     out = run_eval(_compose("embeddings=split.npz", "metrics=full", "device=cpu"))
     written = json.loads((tmp / "metrics.json").read_text())
     assert set(written) == set(out)
-    assert len(written) == 12  # 11 metrics + eval_s
+    assert len(written) == 13  # 13 metrics but LiDAR (no views) + eval_s
+    assert "lf/lidar" not in written
     assert written["sup/kmeans_gt_ami"] > 0.9
     assert written["sup/linear_probe_acc"] > 0.9
 
@@ -150,7 +151,9 @@ def test_checkpoint_branch(eval_cli, tmp_path):
         f"checkpoint={ckpt}", "output=full.json", "device=cpu", "metrics=full", cwd=tmp_path
     )
     assert full.returncode == 0, full.stderr
-    assert len(json.loads((tmp_path / "full.json").read_text())) == 12
+    full_result = json.loads((tmp_path / "full.json").read_text())
+    assert len(full_result) == 14  # every metric, LiDAR on views embedded here, + eval_s
+    assert full_result["lf/lidar"] > 1
 
 
 @pytest.mark.slow
@@ -178,3 +181,28 @@ def test_checkpoint_is_embedded_in_the_precision_the_run_was_evaluated_in(
     torch.testing.assert_close(data["embeddings"], expected, rtol=0, atol=0)
     evaluator.precision = "fp32"
     assert not torch.equal(data["embeddings"], evaluator.embeddings(model)["test"])
+
+
+def test_cli_views_add_lidar(eval_cli, files):
+    from labelfree.metrics import lidar
+
+    tmp, z, _ = files
+    rng = np.random.default_rng(1)
+    views = (z[:40, None, :] + 0.5 * rng.normal(size=(40, 5, 24))).astype(np.float32)
+    np.save(tmp / "v.npy", views)
+    proc = eval_cli(
+        "embeddings=z.npy", "views=v.npy", "metrics=full", "metrics.kmeans.k=4", cwd=tmp
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp / "metrics.json").read_text())
+    assert result["lf/lidar"] == pytest.approx(lidar(views), rel=1e-12)
+    assert "lf/l2_std" in result
+    np.save(tmp / "flat.npy", views[:, 0])
+    proc = eval_cli("embeddings=z.npy", "views=flat.npy", "metrics=full", cwd=tmp)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "labelfree-eval: error: views=flat.npy has shape (40, 24): expected (n_images, n_views, "
+        "n_features) with n_images >= 2 and n_views >= 2, the embeddings of n_views augmented "
+        "views of each image, e.g. np.save(path, np.stack([embed(augment(x)) for _ in "
+        "range(q)], axis=1))."
+    ]

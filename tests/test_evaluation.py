@@ -52,3 +52,53 @@ def test_embed_matches_direct_forward_in_eval_mode(compose_train):
         direct = model.backbone((images.float() / 255 - 0.305) / 0.319)
     assert z.shape == (50, 256)
     torch.testing.assert_close(z, direct, rtol=1e-4, atol=1e-5)
+
+
+def test_default_evaluator_makes_no_views(compose_train):
+    from labelfree.build import build_evaluator, build_model
+
+    cfg = compose_train()
+    dataset, model = build_model(cfg)
+    evaluator = build_evaluator(cfg, dataset, device=torch.device("cpu"))
+    assert evaluator.augment is None
+    assert set(evaluator.embeddings(model)) == {"test", "train"}
+
+
+def test_evaluator_embeds_views_of_fixed_images_for_lidar(compose_train):
+    from labelfree.build import build_evaluator, build_model
+    from labelfree.evaluation import lidar_images
+    from labelfree.metrics import lidar
+
+    cfg = compose_train("metrics=full", "metrics.lidar.n_images=12", "metrics.lidar.n_views=3")
+    dataset, model = build_model(cfg)
+    evaluator = build_evaluator(cfg, dataset, device=torch.device("cpu"))
+    assert evaluator.augment.config["min_scale"] == cfg.data.augment.min_scale
+    idx, n_views = lidar_images(len(dataset.test), cfg.metrics, seed=cfg.seed)
+    assert n_views == 3
+    torch.testing.assert_close(evaluator.view_images, dataset.test.images[idx], rtol=0, atol=0)
+    first = evaluator.embeddings(model)
+    assert model.training, "embedding the views must restore train mode"
+    views = first["views"]
+    assert views.shape == (12, 3, 256)
+    # the same images and the same augmentation draws at every evaluation
+    torch.testing.assert_close(evaluator.embeddings(model)["views"], views, rtol=0, atol=0)
+    assert not torch.allclose(views[:, 0], views[:, 1])  # but different views of each image
+    # a view of image i is the model's features of augment(image i)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = evaluator.augment(dataset.test.images[idx], generator=g)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(views[:, 0], model.backbone(x), rtol=1e-4, atol=1e-5)
+    record = evaluator(model, epoch=0)
+    assert record["lf/lidar"] == lidar(views)
+    other = lidar_images(len(dataset.test), cfg.metrics, seed=cfg.seed + 1)[0]
+    assert not torch.equal(other, idx)  # another seed, other images
+
+
+def test_lidar_images_larger_than_the_split_is_one_line(compose_train):
+    from labelfree.build import build_evaluator, build_model
+
+    cfg = compose_train("metrics=full", "metrics.lidar.n_images=451")
+    dataset, _ = build_model(cfg)
+    with pytest.raises(ValueError, match=r"^metrics.lidar.n_images=451 is larger than the 450 "):
+        build_evaluator(cfg, dataset, device=torch.device("cpu"))

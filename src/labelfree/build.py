@@ -20,7 +20,7 @@ from labelfree.evaluation import Evaluator, eval_epochs
 from labelfree.methods import SSLMethod, build_method
 from labelfree.metrics import check_metrics_config
 from labelfree.optim import check_optimizer_config
-from labelfree.views import ViewLoader
+from labelfree.views import ViewLoader, build_views
 
 #: ``trainer.augmentation`` values.
 AUGMENTATIONS = ("batched", "lightly")
@@ -155,8 +155,14 @@ def build_evaluator(cfg: DictConfig, dataset: Dataset, *, device: torch.device) 
     """The run's evaluator, as training builds it.
 
     Its metrics, embedding, batch size, probe split and seed, and the precision that
-    ``trainer.precision`` resolves to on ``device``.
+    ``trainer.precision`` resolves to on ``device``. With ``lidar`` in ``metrics.compute`` it
+    also gets the view augmentation of ``data.augment`` (the options all training views share;
+    a method's per-view overrides, e.g. BYOL's asymmetric blur, are left out), batched on
+    ``device`` whatever ``trainer.augmentation`` says.
     """
+    augment = None
+    if "lidar" in cfg.metrics.compute:
+        (augment,) = build_views(as_container(cfg.data.augment), [{}])
     return Evaluator(
         dataset,
         cfg.metrics,
@@ -167,4 +173,5 @@ def build_evaluator(cfg: DictConfig, dataset: Dataset, *, device: torch.device) 
         train_per_class=cfg.eval.train_per_class,
         precision=resolve_precision(cfg.trainer.precision, device),
         seed=cfg.seed,
+        augment=augment,
     )

@@ -4,13 +4,16 @@ Usage (Hydra overrides; config in ``conf/eval.yaml``)::
 
     labelfree-eval embeddings=Z.npy labels=y.npy output=metrics.json
     labelfree-eval embeddings=split.npz metrics=full
+    labelfree-eval embeddings=Z.npy views=V.npy metrics=full metrics.kmeans.k=10
     labelfree-eval checkpoint=RUN_DIR/checkpoints/last.pt
 
 An ``.npz`` file holds ``embeddings`` (N, D) and optionally ``labels`` (N,),
-``train_embeddings`` (M, D) and ``train_labels`` (M,); separate ``labels=``,
-``train_embeddings=`` and ``train_labels=`` ``.npy`` files override its arrays. Without labels
-only the label-free (``lf/``) keys are computed. The result is printed as a table and written as
-JSON ``{record key: value}`` (DESIGN.md keys plus ``eval_s``; NaN is written as ``null``).
+``train_embeddings`` (M, D), ``train_labels`` (M,) and ``views`` (n, q, D); separate
+``labels=``, ``train_embeddings=``, ``train_labels=`` and ``views=`` ``.npy`` files override its
+arrays. Without labels only the label-free (``lf/``) keys are computed; without views LiDAR is
+skipped (from a checkpoint, the views are embedded when ``lidar`` is requested). The result is
+printed as a table and written as JSON ``{record key: value}`` (DESIGN.md keys plus ``eval_s``;
+NaN is written as ``null``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from labelfree.rundir import write_atomic
 
 log = logging.getLogger(__name__)
 
-NPZ_ARRAYS = ("embeddings", "labels", "train_embeddings", "train_labels")
+NPZ_ARRAYS = ("embeddings", "labels", "train_embeddings", "train_labels", "views")
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
@@ -95,22 +98,28 @@ def load_arrays(
     labels: str | None = None,
     train_embeddings: str | None = None,
     train_labels: str | None = None,
+    views: str | None = None,
 ) -> dict[str, np.ndarray | None]:
     """Read the evaluation arrays from ``.npy`` / ``.npz`` files.
 
     Args:
         embeddings: ``.npy`` file with an ``(N, D)`` array, or ``.npz`` with arrays named
-            ``embeddings`` (required), ``labels``, ``train_embeddings``, ``train_labels``.
+            ``embeddings`` (required), ``labels``, ``train_embeddings``, ``train_labels``,
+            ``views``.
         labels: Optional ``.npy`` with ``(N,)`` labels (overrides the ``.npz`` array).
         train_embeddings: Optional ``.npy`` with ``(M, D)`` train embeddings.
         train_labels: Optional ``.npy`` with ``(M,)`` train labels.
+        views: Optional ``.npy`` with ``(n, q, D)`` embeddings of ``q`` augmented views of each
+            of ``n`` images, for LiDAR.
 
     Returns:
-        ``{"embeddings", "labels", "train_embeddings", "train_labels"}`` (missing ones ``None``).
+        ``{"embeddings", "labels", "train_embeddings", "train_labels", "views"}`` (missing ones
+        ``None``).
 
     Raises:
         FileNotFoundError: if a file does not exist.
-        ValueError: for an unsupported suffix or an ``.npz`` without ``embeddings``.
+        ValueError: for an unsupported suffix, an ``.npz`` without ``embeddings``, or views
+            that are not 3-D.
     """
     p = Path(embeddings)
     if not p.is_file():
@@ -141,11 +150,13 @@ def load_arrays(
         ("labels", labels),
         ("train_embeddings", train_embeddings),
         ("train_labels", train_labels),
+        ("views", views),
     ):
         if path is not None:
             if arrays[name] is not None:
                 log.info("%s from %s replaces the array in %s", name, path, p)
             arrays[name] = _load_npy(path, name)
+    _check_views(arrays["views"], views or f"{p}[views]")
     mapping = map_string_labels(arrays)
     if mapping is not None:
         shown = ", ".join(f"{c}={i}" for c, i in list(mapping.items())[:12])
@@ -155,6 +166,17 @@ def load_arrays(
             " ..." if len(mapping) > 12 else "",
         )
     return arrays
+
+
+def _check_views(views: np.ndarray | None, source: str) -> None:
+    """A clear error for views that are not one ``(n_images, n_views, n_features)`` array."""
+    if views is None or (views.ndim == 3 and views.shape[0] >= 2 and views.shape[1] >= 2):
+        return
+    raise ValueError(
+        f"views={source} has shape {views.shape}: expected (n_images, n_views, n_features) with "
+        f"n_images >= 2 and n_views >= 2, the embeddings of n_views augmented views of each "
+        f"image, e.g. np.save(path, np.stack([embed(augment(x)) for _ in range(q)], axis=1))."
+    )
 
 
 def format_table(results: dict[str, float]) -> str:
@@ -175,20 +197,31 @@ def format_table(results: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
-def embed_checkpoint(path: str | Path, device: str | torch.device | None = None) -> dict:
+def embed_checkpoint(
+    path: str | Path, device: str | torch.device | None = None, *, metrics: Any = None
+) -> dict:
     """Rebuild a run from its checkpoint and embed its evaluation splits as training did.
 
     The model, the evaluation split, the probe's train split and the forward precision are the
     run's own (:func:`labelfree.build.build_evaluator`, the builder training uses), so a run
     evaluated in bf16 is embedded in bf16 here too.
 
+    Args:
+        path: The checkpoint.
+        device: Where to embed (``None``: CUDA when available).
+        metrics: A ``metrics`` node replacing the run's own (``None``: the run's); LiDAR's
+            views are embedded when it requests ``lidar``.
+
     Returns:
         dict with ``embeddings``/``labels`` (test split), ``train_embeddings``/``train_labels``,
-        ``metrics_config`` (the run's metrics node), ``seed``, ``epoch`` and ``precision``.
+        ``views`` (LiDAR's, or ``None``), ``metrics_config`` (the metrics node used), ``seed``,
+        ``epoch`` and ``precision``.
     """
     device = resolve_device(device, key="device")
     state = load_checkpoint(path, map_location="cpu")
     cfg = OmegaConf.create(state["config"])
+    if metrics is not None:
+        cfg.metrics = OmegaConf.create(OmegaConf.to_container(metrics, resolve=True))
     dataset, model = build_model(cfg)
     restore(state, path, model)
     model.to(device)
@@ -199,6 +232,7 @@ def embed_checkpoint(path: str | Path, device: str | torch.device | None = None)
         "labels": evaluator.splits["test"].labels,
         "train_embeddings": z["train"],
         "train_labels": evaluator.splits["train"].labels,
+        "views": z.get("views"),
         "metrics_config": cfg.metrics,
         "seed": int(cfg.seed) + int(state["epoch"]),
         "epoch": int(state["epoch"]),
@@ -223,9 +257,15 @@ def _from_checkpoint(cfg: DictConfig, device: torch.device) -> tuple[dict[str, A
     path = Path(cfg.checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path.resolve()}")
-    data = embed_checkpoint(str(path), device=device)
+    if cfg.views is not None:
+        raise ValueError(
+            f"views={cfg.views} goes with embeddings=, not checkpoint=: from a checkpoint the "
+            "views are embedded from the run's own augmentation; drop views=."
+        )
+    overridden = _overridden("metrics")
+    data = embed_checkpoint(str(path), device=device, metrics=cfg.metrics if overridden else None)
     metrics_cfg = data.get("metrics_config")
-    if metrics_cfg is None or _overridden("metrics"):
+    if metrics_cfg is None or overridden:
         metrics_cfg = cfg.metrics
         log.info("metrics config: from the command line (%s)", cfg.metrics.name)
     else:
@@ -266,16 +306,18 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
             labels=cfg.labels,
             train_embeddings=cfg.train_embeddings,
             train_labels=cfg.train_labels,
+            views=cfg.views,
         )
         metrics_cfg, seed, source = cfg.metrics, int(cfg.seed), str(cfg.embeddings)
     z = arrays["embeddings"]
     log.info(
-        "evaluating %s: %s embeddings on %s, labels: %s, train split: %s",
+        "evaluating %s: %s embeddings on %s, labels: %s, train split: %s, views: %s",
         source,
         "x".join(map(str, z.shape)),
         device,
         "yes" if arrays["labels"] is not None else "no",
         "no" if arrays["train_embeddings"] is None else len(arrays["train_embeddings"]),
+        "no" if arrays["views"] is None else "x".join(map(str, arrays["views"].shape)),
     )
     start = time.perf_counter()
     results = compute_metrics(
@@ -284,6 +326,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         labels=_to_device(arrays["labels"], device),
         train_embeddings=_to_device(arrays["train_embeddings"], device),
         train_labels=_to_device(arrays["train_labels"], device),
+        views=_to_device(arrays["views"], device),
         seed=seed,
     )
     results["eval_s"] = time.perf_counter() - start

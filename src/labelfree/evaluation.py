@@ -3,14 +3,18 @@
 At each scheduled epoch the backbone (eval mode, no augmentation) embeds the labelled test split
 (and the labelled train split for the probe and kNN references), and
 :func:`labelfree.metrics.compute_metrics` turns the embeddings into the DESIGN.md record keys.
+When ``lidar`` is requested, ``q`` augmented views of ``n`` fixed test images are embedded too
+(:func:`lidar_images`, :func:`embed_views`): the same images and the same augmentation draws at
+every evaluation, so only the weights change between two LiDAR values.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -20,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from labelfree.data import Dataset, Split, balanced_subset, to_float
-from labelfree.metrics import compute_metrics
+from labelfree.metrics import compute_metrics, input_options
 from labelfree.records import LOSS_KEY, make_record
 
 log = logging.getLogger(__name__)
@@ -109,9 +113,26 @@ def _autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
+def _model_input(batch: Tensor, normalize: Mapping | None) -> Tensor:
+    """uint8 images -> float in [0, 1]; float images are taken as they are; then ``normalize``."""
+    if batch.dtype == torch.uint8:
+        return to_float(batch, normalize)
+    x = batch.float()
+    if normalize:
+        mean = torch.as_tensor(list(normalize["mean"]), device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(list(normalize["std"]), device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+    return x
+
+
+def _device_of(model: torch.nn.Module | None, images: Tensor) -> torch.device:
+    params = next(model.parameters(), None) if model is not None else None
+    return params.device if params is not None else images.device
+
+
 @torch.no_grad()
 def embed(
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     images: Tensor,
     *,
     normalize: Mapping | None,
@@ -119,23 +140,125 @@ def embed(
     where: str = "backbone",
     precision: str = "fp32",
     desc: str = "embed",
+    features: Callable[[Tensor], Tensor] | None = None,
+    augment: Callable[..., Tensor] | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Features of uint8 images (N, C, H, W) in eval mode, without augmentation.
+    """Features of images (N, C, H, W) in eval mode: as they are, or one augmented view of each.
 
-    Returns a float32 (N, D) tensor on the model's device; the model's train/eval mode is restored.
+    Args:
+        model: The network: its parameters give the device, and it is in eval mode during the
+            call (its train/eval mode is restored). ``None`` with ``features``: a plain function
+            on the images' device.
+        images: uint8 in [0, 255] (scaled to [0, 1]) or float (taken as they are).
+        normalize: Per-channel ``mean``/``std`` applied before the network (not with
+            ``augment``, which normalises as in training).
+        batch_size: Images per forward pass.
+        where: ``model.features(x, where=where)`` (an SSL method): ``backbone`` or
+            ``projector``; ignored with ``features``.
+        precision: ``bf16`` autocast or ``fp32``.
+        desc: tqdm label.
+        features: ``features(x) -> (B, ...)`` instead of ``model.features``; outputs are
+            flattened to ``(B, D)``.
+        augment: ``augment(batch, generator=generator)`` makes one view of each image first
+            (a :class:`~labelfree.views.ViewAugmentation`).
+        generator: The CPU generator of ``augment``'s draws.
+
+    Returns:
+        A float32 (N, D) tensor on the model's device (the images' without parameters).
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = _device_of(model, images)
+    if features is None:
+        features = functools.partial(model.features, where=where)
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()
     chunks = []
-    for start in tqdm(
-        range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) <= batch_size
-    ):
-        x = to_float(images[start : start + batch_size].to(device, non_blocking=True), normalize)
-        with _autocast(device, precision):
-            chunks.append(model.features(x, where=where).float())
-    model.train(was_training)
+    try:
+        for start in tqdm(
+            range(0, len(images), batch_size),
+            desc=desc,
+            leave=False,
+            disable=len(images) <= batch_size,
+        ):
+            batch = images[start : start + batch_size].to(device, non_blocking=True)
+            if augment is not None:
+                x = augment(batch, generator=generator)
+            else:
+                x = _model_input(batch, normalize)
+            with _autocast(device, precision):
+                chunks.append(features(x).float().flatten(start_dim=1))
+    finally:
+        if model is not None:
+            model.train(was_training)
     return torch.cat(chunks)
+
+
+def lidar_images(n_available: int, metrics_cfg: Mapping, *, seed: int) -> tuple[Tensor, int] | None:
+    """LiDAR's fixed images and views per image, when ``lidar`` is in ``metrics.compute``.
+
+    ``metrics.lidar.n_images`` indices of the ``n_available`` evaluation images, drawn with
+    ``seed`` (so every evaluation of a run, and every run of a seed, uses the same images), in
+    ascending order, and ``metrics.lidar.n_views``.
+
+    Returns:
+        ``(indices, n_views)``, or ``None`` when LiDAR is not requested.
+
+    Raises:
+        ValueError: ``metrics.lidar.n_images`` larger than ``n_available``, or a bad value.
+
+    Examples:
+        >>> cfg = {"compute": ["lidar"], "lidar": {"n_images": 3, "n_views": 2}}
+        >>> idx, q = lidar_images(10, cfg, seed=0)
+        >>> len(idx), q, lidar_images(10, {"compute": ["rankme"]}, seed=0)
+        (3, 2, None)
+    """
+    if "lidar" not in list(metrics_cfg.get("compute") or ()):
+        return None
+    n_images, n_views = input_options(metrics_cfg, "lidar")
+    if n_images > n_available:
+        raise ValueError(
+            f"metrics.lidar.n_images={n_images} is larger than the {n_available} evaluation "
+            f"images: set metrics.lidar.n_images<={n_available}."
+        )
+    order = torch.randperm(n_available, generator=torch.Generator().manual_seed(seed))
+    return order[:n_images].sort().values, n_views
+
+
+def embed_views(
+    model: torch.nn.Module | None,
+    images: Tensor,
+    augment: Callable[..., Tensor],
+    *,
+    n_views: int,
+    seed: int,
+    batch_size: int = 1024,
+    where: str = "backbone",
+    precision: str = "fp32",
+    features: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """``(n, n_views, D)`` features of ``n_views`` augmented views of each of ``n`` images.
+
+    All draws come from one generator seeded with ``seed``: the same seed gives the same views.
+    Other arguments as in :func:`embed`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    views = [
+        embed(
+            model,
+            images,
+            normalize=None,
+            batch_size=batch_size,
+            where=where,
+            precision=precision,
+            desc="embed views",
+            features=features,
+            augment=augment,
+            generator=generator,
+        )
+        for _ in range(n_views)
+    ]
+    return torch.stack(views, dim=1)
 
 
 class Evaluator:
@@ -151,7 +274,13 @@ class Evaluator:
         train_per_class: labelled train images per class used by probe/kNN (None: all).
         precision: ``bf16`` or ``fp32`` forward passes.
         seed: base seed; the metrics of epoch e use ``seed + e`` so every evaluation is
-        reproducible.
+            reproducible. LiDAR's images and views are drawn from ``seed`` alone: the same at
+            every evaluation.
+        augment: one view's augmentation (a :class:`~labelfree.views.ViewAugmentation`), for
+            LiDAR's views when ``lidar`` is in ``metrics.compute``; without it LiDAR is skipped.
+
+    Raises:
+        ValueError: ``metrics.lidar.n_images`` larger than the test split.
     """
 
     def __init__(
@@ -166,6 +295,7 @@ class Evaluator:
         train_per_class: int | None = None,
         precision: str = "fp32",
         seed: int = 0,
+        augment: Callable[..., Tensor] | None = None,
     ):
         self.metrics_cfg, self.normalize = metrics_cfg, normalize
         self.embedding, self.batch_size, self.precision, self.seed = (
@@ -180,9 +310,13 @@ class Evaluator:
             name: Split(split.images.to(device), split.labels.to(device))
             for name, split in (("test", dataset.test), ("train", probe_train))
         }
+        self.augment, self.view_images, self.n_views = augment, None, 0
+        plan = lidar_images(len(dataset.test), metrics_cfg, seed=seed)
+        if plan is not None and augment is not None:
+            self.view_images, self.n_views = dataset.test.images[plan[0]].to(device), plan[1]
 
     def embeddings(self, model: torch.nn.Module) -> dict[str, Tensor]:
-        """Embeddings and labels of both splits, on the evaluation device."""
+        """Embeddings of both splits (and ``views``, LiDAR's), on the evaluation device."""
         out = {}
         for name, split in self.splits.items():
             z = embed(
@@ -195,6 +329,17 @@ class Evaluator:
                 desc=f"embed {name}",
             )
             out[name] = z
+        if self.view_images is not None:
+            out["views"] = embed_views(
+                model,
+                self.view_images,
+                self.augment,
+                n_views=self.n_views,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                where=self.embedding,
+                precision=self.precision,
+            )
         return out
 
     def __call__(self, model: torch.nn.Module, *, epoch: int) -> dict[str, float]:
@@ -206,6 +351,7 @@ class Evaluator:
             labels=self.splits["test"].labels,
             train_embeddings=z["train"],
             train_labels=self.splits["train"].labels,
+            views=z.get("views"),
             seed=self.seed + epoch,
         )
 
