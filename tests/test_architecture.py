@@ -35,6 +35,8 @@ LAYERS = {
     "evaluation": 5,
     "build": 6,
     "loop": 6,
+    "monitor": 6,  # the evaluation for any training loop
+    "integrations": 7,  # training frameworks' hooks around the monitor
     # commands
     "train": 7,
     "eval": 7,
