@@ -34,11 +34,17 @@ timed.
 products and eigendecompositions) against one ``spectrum(x)`` shared by all three, next to a
 plain ``np.cov`` (float64 covariance, no eigendecomposition) and to LiDAR (100 images x 10
 views) and l2_std; median of ``--repeats`` runs, N = 10,000 unless ``--sizes`` says otherwise.
+It then times the same three inside ``compute_metrics``, with the registry's shared
+``spectrum`` provider and without it (the three specs' ``spectrum`` need removed for the run,
+as the suite was before the provider), alone and as part of the full suite (labels and a
+labelled train split of N points, no views).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -64,6 +70,7 @@ from labelfree.metrics import (
     kmeans,
     kmeans_agreement,
     kmeans_gt_ami,
+    registry,
     silhouette,
     silhouette_samples,
 )
@@ -260,6 +267,55 @@ def _spectral_case(x, device, repeats, seed):
     return row
 
 
+SPECTRAL = ("rankme", "alpha_req", "nesum")
+
+
+@contextlib.contextmanager
+def unshared_spectrum():
+    """The suite without the shared ``spectrum`` provider: each spectral metric on its own."""
+    saved = {name: registry.SPECS[name] for name in SPECTRAL}
+    try:
+        for name, spec in saved.items():
+            registry.SPECS[name] = dataclasses.replace(spec, needs=("embeddings",))
+        yield
+    finally:
+        registry.SPECS.update(saved)
+
+
+def _suite_case(x, y, tx, ty, device, repeats, seed):
+    """The spectral metrics inside compute_metrics, shared vs unshared; alone and in full."""
+    inputs = [torch.from_numpy(a).to(device) for a in (x, y, tx, ty)]
+    full = load_config("full")
+    full.compute = [m for m in full.compute if m != "lidar"]  # no views here
+    configs = {"three": {"name": "spectral", "compute": list(SPECTRAL)}, "full": full}
+    row, values = {}, {}
+    for sharing in ("shared", "unshared"):
+        for name, cfg in configs.items():
+            timings: dict[str, float] = {}
+
+            def suite(cfg=cfg, timings=timings):
+                timings.clear()
+                return compute_metrics(
+                    inputs[0], config=cfg, labels=inputs[1], train_embeddings=inputs[2],
+                    train_labels=inputs[3], seed=seed, timings=timings,
+                )  # fmt: skip
+
+            with unshared_spectrum() if sharing == "unshared" else contextlib.nullcontext():
+                row[f"{sharing}_{name}"], values[(sharing, name)] = _median_time(
+                    suite, device, repeats
+                )
+            row[f"{sharing}_{name}_spectral_steps"] = sum(
+                timings.get(k, 0.0) for k in ("spectrum", *SPECTRAL)
+            )
+    row["suite_max_rel_diff"] = max(
+        abs(values[("shared", n)][k] / values[("unshared", n)][k] - 1)
+        for n in configs
+        for k in values[("shared", n)]
+        if k.removeprefix("lf/") in SPECTRAL
+    )
+    return row
+
+
 def spectral_study(args, device):
     """RankMe, alpha-ReQ and NESum computed separately vs from one shared spectrum."""
     print(f"\n## Spectral metrics: separate vs one shared spectrum (median of {args.repeats} "
@@ -278,6 +334,26 @@ def spectral_study(args, device):
             "| {separate:.3f} | {spectrum:.3f} | {shared:.3f} | {speedup:.1f}x "
             "| {max_rel_diff:.1e} | {lidar_100x10:.3f} | {l2_std:.3f} |".format(
                 speedup=row["separate"] / row["shared"], **row
+            )
+        )
+    print(f"\n## In the suite: compute_metrics with vs without the shared spectrum provider "
+          f"(median of {args.repeats} runs, seconds; full = metrics=full but LiDAR, with labels "
+          "and an N-point labelled train split)")  # fmt: skip
+    print("| N | d | 3 spectral, shared | 3 spectral, unshared | speedup | full suite, shared "
+          "| full suite, unshared | its spectral steps, shared | unshared | saved | "
+          "max rel diff |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        x, y, tx, ty = ssl_like(row["n"], row["n"], args.dim, 10, seed=args.seed)
+        row.update(_suite_case(x, y, tx, ty, device, args.repeats, args.seed))
+        print(
+            "| {n} | {d} | {shared_three:.3f} | {unshared_three:.3f} | {speedup:.1f}x "
+            "| {shared_full:.3f} | {unshared_full:.3f} | {shared_full_spectral_steps:.3f} "
+            "| {unshared_full_spectral_steps:.3f} | {saved:.3f} | {suite_max_rel_diff:.1e} "
+            "|".format(
+                speedup=row["unshared_three"] / row["shared_three"],
+                saved=row["unshared_full"] - row["shared_full"],
+                **row,
             )
         )
     return rows
