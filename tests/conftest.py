@@ -37,6 +37,17 @@ def compose_train():
 
 
 @pytest.fixture(scope="session")
+def compose_analyze():
+    """Compose conf/analyze.yaml with override strings, as `labelfree-analyze` would."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_module("labelfree.conf", version_base="1.3"):
+            return compose("analyze", overrides=list(overrides))
+
+    return _compose
+
+
+@pytest.fixture(scope="session")
 def tiny() -> list[str]:
     """Overrides for a small, fast run: two short epochs on digits, evaluated after each."""
     return [

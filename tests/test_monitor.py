@@ -290,7 +290,7 @@ def test_doc_example_adds_few_lines():
 
 
 @pytest.mark.slow
-def test_doc_example_runs_and_labelfree_analyze_reads_it(tmp_path, monkeypatch):
+def test_doc_example_runs_and_labelfree_analyze_reads_it(tmp_path, monkeypatch, compose_analyze):
     from labelfree.analyze import analyze
 
     monkeypatch.chdir(tmp_path)
@@ -304,19 +304,12 @@ def test_doc_example_runs_and_labelfree_analyze_reads_it(tmp_path, monkeypatch):
     assert records[-1]["train/loss"] > 0
     assert RunDir(run).read_status()["status"] == "completed"
     assert all(0 < r["eval_s"] < 60 for r in records)
-    with initialize_config_module("labelfree.conf", version_base="1.3"):
-        cfg = compose(
-            "analyze",
-            overrides=[
-                f"runs={tmp_path / 'runs'}",
-                f"output={tmp_path / 'analysis'}",
-                "correlation.targets=[lf/silhouette]",
-                "correlation.extra_metrics=[]",
-                "bootstrap.n_resamples=50",
-                "figures.enabled=false",
-            ],
-        )
-    result = analyze(cfg)
+    # no labels: correlate the label-free metrics with S1
+    targets = ("correlation.targets=[lf/silhouette]", "correlation.extra_metrics=[]")
+    fast = ("bootstrap.n_resamples=50", "figures.enabled=false")
+    result = analyze(
+        compose_analyze(f"runs={run.parent}", f"output={tmp_path / 'a'}", *targets, *fast)
+    )
     runs = result.collection.runs
     assert list(runs["method"].unique()) == ["simclr"]
     assert len(runs) == 6

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_module
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
@@ -101,7 +100,9 @@ def _embed(module, x):
 
 
 @pytest.mark.slow
-def test_callback_records_wandb_history_and_analysis(digits, tmp_path, wandb_run_files):
+def test_callback_records_wandb_history_and_analysis(
+    digits, tmp_path, wandb_run_files, compose_analyze
+):
     import wandb
     from pytorch_lightning.loggers import WandbLogger
 
@@ -182,17 +183,8 @@ def test_callback_records_wandb_history_and_analysis(digits, tmp_path, wandb_run
         assert row["eval_s"] == record["eval_s"]
     assert any("train_loss" in row for row in rows)  # the module's own logging still goes there
 
-    with initialize_config_module("labelfree.conf", version_base="1.3"):
-        cfg = compose(
-            "analyze",
-            overrides=[
-                f"runs={tmp_path / 'runs'}",
-                f"output={tmp_path / 'analysis'}",
-                "bootstrap.n_resamples=50",
-                "figures.enabled=false",
-            ],
-        )
-    result = analyze(cfg)
+    fast = ("bootstrap.n_resamples=50", "figures.enabled=false")
+    result = analyze(compose_analyze(f"runs={run_dir.parent}", f"output={tmp_path / 'a'}", *fast))
     runs = result.collection.runs
     assert len(runs) == 4
     assert set(runs[["dataset", "arch", "method"]].itertuples(index=False)) == {

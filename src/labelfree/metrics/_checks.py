@@ -29,6 +29,20 @@ def block_rows(n_cols: int, device: torch.device) -> int:
     return max(1, budget // max(1, n_cols))
 
 
+def _as_tensor(x: Any, name: str, *, fix: str) -> Tensor:
+    """A numeric numpy array (as a CPU tensor, copied if read-only) or a tensor, else an error."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "fiub":
+            raise ValueError(f"{name} must be numeric; got dtype {x.dtype}.")
+        arr = np.ascontiguousarray(x)
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    if not isinstance(x, Tensor):
+        raise ValueError(
+            f"{name} must be a numpy array or a torch tensor; got {type(x).__name__}. {fix}"
+        )
+    return x
+
+
 def as_embeddings(x: Tensor | np.ndarray, *, name: str = "embeddings") -> Tensor:
     """Return ``x`` as a finite 2-D floating tensor on its own device.
 
@@ -38,16 +52,7 @@ def as_embeddings(x: Tensor | np.ndarray, *, name: str = "embeddings") -> Tensor
     Raises:
         ValueError: if ``x`` is not 2-D, is empty, or holds NaN or infinite values.
     """
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "fiub":
-            raise ValueError(f"{name} must be numeric; got dtype {x.dtype}.")
-        arr = np.ascontiguousarray(x)
-        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-    elif not isinstance(x, Tensor):
-        raise ValueError(
-            f"{name} must be a numpy array or a torch tensor; got {type(x).__name__}. "
-            "Convert it with np.asarray(...) first."
-        )
+    x = _as_tensor(x, name, fix="Convert it with np.asarray(...) first.")
     if x.ndim != 2:
         raise ValueError(
             f"{name} must be a 2-D array of shape (n_samples, n_features); got shape "
@@ -72,16 +77,9 @@ def as_embeddings(x: Tensor | np.ndarray, *, name: str = "embeddings") -> Tensor
 
 def as_views(views: Tensor | np.ndarray) -> Tensor:
     """``views`` as a finite 3-D float tensor ``(n, q, d)`` on its own device, checked."""
-    if isinstance(views, np.ndarray):
-        if views.dtype.kind not in "fiub":
-            raise ValueError(f"views must be numeric; got dtype {views.dtype}.")
-        arr = np.ascontiguousarray(views)
-        views = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-    elif not isinstance(views, Tensor):
-        raise ValueError(
-            f"views must be a numpy array or a torch tensor; got {type(views).__name__}. "
-            "Stack the view embeddings first, e.g. torch.stack(views, dim=1)."
-        )
+    views = _as_tensor(
+        views, "views", fix="Stack the view embeddings first, e.g. torch.stack(views, dim=1)."
+    )
     if views.ndim != 3:
         raise ValueError(
             "views must be a 3-D array of shape (n_images, n_views, n_features): n clean images "
