@@ -286,7 +286,7 @@ def _doc_example() -> str:
 
 def test_doc_example_adds_few_lines():
     lines = [line for line in _doc_example().splitlines() if line.endswith("# labelfree")]
-    assert len(lines) == 6  # the import, the monitor (3 lines), epoch 0, each epoch
+    assert len(lines) == 5  # the import, the run's names, the monitor, epoch 0, each epoch
 
 
 @pytest.mark.slow
@@ -296,7 +296,7 @@ def test_doc_example_runs_and_labelfree_analyze_reads_it(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(_doc_example(), str(DOC), "exec"), namespace)  # noqa: S102 - our own doc
-    run = tmp_path / "runs" / "digits-cnn-simclr-s0"
+    run = tmp_path / "runs" / "simclr"
     records = _records(run)
     assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4, 5]
     assert all(math.isfinite(r["lf/silhouette"]) for r in records)
