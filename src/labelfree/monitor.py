@@ -244,12 +244,8 @@ class LabelFreeMonitor:
         self._check_metrics()
         self.epochs, self.schedule = epochs, schedule
         self._planned = self._plan(schedule, epochs)
-        self.seed, self.batch_size, self.normalize, self.embed_fn = (
-            seed,
-            batch_size,
-            normalize,
-            embed,
-        )
+        self.seed, self.batch_size = seed, batch_size
+        self.normalize, self.embed_fn = normalize, embed
         self.device = torch.device(device) if device is not None else None
         self.augment, self.view_images, self.n_views = _seeded_augment(augment, seed), None, 0
         plan = lidar_images(n, self.metrics, seed=seed)
