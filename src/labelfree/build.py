@@ -9,6 +9,10 @@ naming the key, the value and the fix.
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Mapping
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,8 +26,15 @@ from labelfree.metrics import check_metrics_config
 from labelfree.optim import check_optimizer_config
 from labelfree.views import ViewLoader, build_views
 
-#: ``trainer.augmentation`` values.
-AUGMENTATIONS = ("batched", "lightly")
+log = logging.getLogger(__name__)
+
+#: ``trainer.augmentation`` values: ``auto`` resolves to one of the two view paths.
+AUGMENTATIONS = ("auto", "batched", "lightly")
+#: Fewest DataLoader workers from which lightly's PIL views outrun our batched views on a GPU
+#: (:func:`choose_augmentation`).
+LIGHTLY_MIN_WORKERS = 9
+#: Most DataLoader workers ``trainer.num_workers=auto`` starts (the reference recipe's 16).
+MAX_AUTO_WORKERS = 16
 #: ``trainer.precision`` values.
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -65,6 +76,115 @@ def resolve_channels_last(spec: bool | str, device: torch.device) -> bool:
     return spec
 
 
+def choose_augmentation(device_type: str, *, workers: int) -> str:
+    """The faster view path for a device and a number of DataLoader workers (``auto``'s rule).
+
+    Rule: ``lightly`` (lightly's PIL transforms in ``workers`` DataLoader processes) on CUDA when
+    at least :data:`LIGHTLY_MIN_WORKERS` (9) workers feed the GPU; ``batched`` (our per-sample
+    views made on the device) otherwise, and always on a CPU. Measurements (docs/benchmarks.md):
+
+    - CUDA, H100 with 16 cores, SimCLR ResNet-18 (CIFAR stem), batch 512, bf16 + channels_last:
+      our batched loop 11,511 images/s (bound by its ~200 kernel launches per view on one core),
+      the PIL recipe with 16 workers 21,722, so at least 1,358 images/s per worker (more if the
+      GPU was its limit). The workers win once ``workers x 1,358 > 11,511``: from 9 workers.
+    - CPU, this project's 2-core machine, CIFAR images at 32 px: the two views of an image cost
+      151 us of CPU batched and 1,158 us with lightly's transforms, the SimCLR step of small_cnn
+      3,977 us. On a CPU the workers take their cores from the training step itself, so the
+      batched path needs less CPU per image (4.1 ms against 5.1) on any number of cores; end to
+      end it was also faster in most interleaved rounds on the shared 2-core machine.
+
+    Args:
+        device_type: ``cuda`` or ``cpu`` (``torch.device.type``).
+        workers: DataLoader workers the ``lightly`` path would get (``trainer.num_workers``
+            resolved).
+
+    Returns:
+        ``batched`` or ``lightly``.
+
+    Examples:
+        >>> choose_augmentation("cuda", workers=15), choose_augmentation("cuda", workers=4)
+        ('lightly', 'batched')
+        >>> choose_augmentation("cpu", workers=63)
+        'batched'
+    """
+    return "lightly" if device_type == "cuda" and workers >= LIGHTLY_MIN_WORKERS else "batched"
+
+
+def cpus_per_process() -> int:
+    """CPU cores this training process may use: its affinity mask, shared by the node's ranks.
+
+    Under torchrun every rank of a node sees all its cores, so they are divided by
+    ``LOCAL_WORLD_SIZE``; a SLURM task sees its own ``cpus_per_task`` already.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS)
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def resolve_num_workers(spec: int | str, *, cores: int | None = None) -> int:
+    """``auto`` -> one DataLoader worker per core of this process but one (kept for training).
+
+    At most :data:`MAX_AUTO_WORKERS`; an integer is returned as it is.
+
+    Examples:
+        >>> resolve_num_workers("auto", cores=16), resolve_num_workers("auto", cores=2)
+        (15, 1)
+        >>> resolve_num_workers(4, cores=2)
+        4
+    """
+    if spec != "auto":
+        return int(spec)
+    cores = cpus_per_process() if cores is None else cores
+    return min(MAX_AUTO_WORKERS, max(0, cores - 1))
+
+
+def resolve_augmentation(
+    spec: str, device: torch.device, *, workers: int, saved: Mapping | None = None
+) -> str:
+    """The view path a launch trains with: ``batched`` or ``lightly``.
+
+    ``trainer.augmentation`` changes the run's random streams, so ``auto`` never switches the
+    path of a run under way: with a saved config (the checkpoint's, or run.json's) it keeps the
+    path recorded there, e.g. a run started on a GPU node with ``lightly`` resumes with
+    ``lightly`` on a CPU node. Otherwise ``auto`` follows :func:`choose_augmentation`; an explicit
+    value is returned as it is (a resume diff refuses it if the saved path differs).
+
+    Args:
+        spec: ``trainer.augmentation`` as launched.
+        device: The training device.
+        workers: DataLoader workers of the ``lightly`` path (resolved).
+        saved: The run's saved config, if it has one.
+    """
+    if spec != "auto":
+        return spec
+    kept = (saved or {}).get("trainer", {}).get("augmentation")
+    if kept in ("batched", "lightly"):
+        log.info("trainer.augmentation=auto: keeping the run's view path, %s", kept)
+        return kept
+    chosen = choose_augmentation(device.type, workers=workers)
+    log.info(
+        "trainer.augmentation=auto -> %s (%s, %d DataLoader workers for lightly's path)",
+        chosen,
+        device.type,
+        workers,
+    )
+    return chosen
+
+
+def compile_model(model: SSLMethod) -> None:
+    """``torch.compile`` the backbone and heads of a method in place (``trainer.compile=true``).
+
+    Each child module with parameters (backbone, projector, predictor, momentum targets) is
+    compiled with ``nn.Module.compile``, which keeps parameter names, so checkpoints load with or
+    without it; the losses (and MoCo's queue inside them) stay eager.
+    """
+    for child in model.children():
+        if any(True for _ in child.parameters()):
+            child.compile()
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -91,10 +211,20 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.trainer.augmentation not in AUGMENTATIONS:
         raise ValueError(
             f"trainer.augmentation={cfg.trainer.augmentation} is not one of: "
-            f"{', '.join(AUGMENTATIONS)}."
+            f"{', '.join(AUGMENTATIONS)}: set trainer.augmentation=auto."
         )
-    if not isinstance(cfg.trainer.cuda_graphs, bool):
-        raise ValueError(f"trainer.cuda_graphs={cfg.trainer.cuda_graphs} must be true or false.")
+    workers = cfg.trainer.num_workers
+    if workers != "auto" and (not _is_int(workers) or workers < 0):
+        raise ValueError(
+            f"trainer.num_workers={workers} must be auto or an integer >= 0: e.g. "
+            "trainer.num_workers=auto."
+        )
+    for key in ("cuda_graphs", "compile"):
+        value = cfg.trainer[key]
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"trainer.{key}={value} must be true or false: set trainer.{key}=false."
+            )
     if cfg.eval.embedding not in ("backbone", "projector"):
         raise ValueError(f"eval.embedding={cfg.eval.embedding} is not one of: backbone, projector.")
     eval_epochs(cfg.eval.schedule, cfg.trainer.epochs)
@@ -131,20 +261,28 @@ def build_model(cfg: DictConfig, world: World | None = None) -> tuple[Dataset, S
 
 
 def build_loader(
-    cfg: DictConfig, dataset: Dataset, *, device: torch.device, world: World
+    cfg: DictConfig,
+    dataset: Dataset,
+    *,
+    device: torch.device,
+    world: World,
+    augmentation: str,
+    num_workers: int,
 ) -> ViewLoader:
     """The training views of ``dataset``, this rank's share of every global batch.
 
-    ``data.augment`` with the per-view overrides of ``method.views`` (:class:`ViewLoader`).
+    ``data.augment`` with the per-view overrides of ``method.views`` (:class:`ViewLoader`), made
+    by the view path ``augmentation`` (resolved: :func:`resolve_augmentation`) with
+    ``num_workers`` DataLoader workers for the ``lightly`` path.
     """
     return ViewLoader(
         dataset.train.images,
         as_container(cfg.data.augment),
         as_container(cfg.method.views),
         batch_size=cfg.trainer.batch_size,
-        backend=cfg.trainer.augmentation,
+        backend=augmentation,
         device=device,
-        num_workers=cfg.trainer.num_workers,
+        num_workers=num_workers,
         rank=world.rank,
         world_size=world.world_size,
         cuda_graphs=cfg.trainer.cuda_graphs,

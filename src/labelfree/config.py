@@ -33,8 +33,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 #: Config keys (and everything below them) that cannot change a run's results: where files go,
-#: how they are logged, which machine and how many workers. They are left out of the run name
-#: and may differ when a run resumes (e.g. on another machine, from another data folder).
+#: how they are logged, which machine and how many workers, and how the same arithmetic is
+#: executed (channels_last, CUDA graphs, torch.compile: the same operations and random draws,
+#: rounding aside). They are left out of the run name and may differ when a run resumes (e.g. on
+#: another machine, from another data folder).
 NON_RESULT_KEYS = (
     "hydra",
     "logger",
@@ -46,6 +48,7 @@ NON_RESULT_KEYS = (
     "trainer.num_workers",
     "trainer.channels_last",
     "trainer.cuda_graphs",
+    "trainer.compile",
     "trainer.distributed.backend",
     "trainer.distributed.timeout_min",
     "eval.batch_size",

@@ -35,8 +35,11 @@ from labelfree.build import (
     build_evaluator,
     build_loader,
     build_model,
+    compile_model,
+    resolve_augmentation,
     resolve_channels_last,
     resolve_device,
+    resolve_num_workers,
     resolve_precision,
     validate_config,
     validate_data,
@@ -146,10 +149,16 @@ def plan_resume(resume: str, run_dir: Path) -> ResumePlan:
 
 @dataclass
 class Prepared:
-    """Everything a run needs, built and checked before the launch writes anything."""
+    """Everything a run needs, built and checked before the launch writes anything.
+
+    ``config`` is the run's resolved config as it is recorded (checkpoint, run.json, logger),
+    with ``trainer.augmentation`` as resolved; ``resolved`` lists the keys a launch resolved
+    from ``auto`` (``{"trainer.augmentation": "batched"}``), for run.json's identity.
+    """
 
     plan: ResumePlan
     config: dict
+    resolved: dict
     trainer: Trainer
     evaluator: Evaluator | None
     state: dict | None
@@ -162,7 +171,6 @@ def _prepare(cfg: DictConfig, run_dir: Path, *, world: World, device: torch.devi
     is left as it was.
     """
     plan = plan_resume(str(cfg.resume), run_dir)
-    config = as_container(cfg)
     state = None
     if plan.checkpoint is not None:
         state = load_checkpoint(plan.checkpoint)
@@ -170,7 +178,18 @@ def _prepare(cfg: DictConfig, run_dir: Path, *, world: World, device: torch.devi
     else:
         reference = plan.run.read_status().get("config") if plan.run.read_records() else None
         source = str(plan.run.run_json_path)
-    diffs = config_diff(reference, config) if reference and not plan.restart else []
+    if plan.restart:
+        reference = None
+    # The view path is result-relevant (its own random streams): the run records the resolved
+    # one, and `auto` keeps the path a resumed run was trained with, on any machine.
+    workers = resolve_num_workers(cfg.trainer.num_workers)
+    augmentation = resolve_augmentation(
+        cfg.trainer.augmentation, device, workers=workers, saved=reference
+    )
+    config = as_container(cfg)
+    config["trainer"]["augmentation"] = augmentation
+    resolved = {"trainer.augmentation": augmentation} if cfg.trainer.augmentation == "auto" else {}
+    diffs = config_diff(reference, config) if reference else []
     if diffs:
         raise ValueError(
             f"{source} was trained with a different config ({'; '.join(diffs[:5])}"
@@ -186,12 +205,21 @@ def _prepare(cfg: DictConfig, run_dir: Path, *, world: World, device: torch.devi
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a checkpoint sets scheduled lrs
     if state is not None:
         restore(state, plan.checkpoint, model, optimizer)
+    if cfg.trainer.compile:
+        compile_model(model)
     trainer = Trainer(
         model=model,
         loss_fn=model.loss,  # wrapped for DDP once the run is owned (a collective)
         optimizer=optimizer,
         base_lrs=base_lrs,
-        loader=build_loader(cfg, dataset, device=device, world=world),
+        loader=build_loader(
+            cfg,
+            dataset,
+            device=device,
+            world=world,
+            augmentation=augmentation,
+            num_workers=workers,
+        ),
         world=world,
         device=device,
         precision=precision,
@@ -201,7 +229,7 @@ def _prepare(cfg: DictConfig, run_dir: Path, *, world: World, device: torch.devi
         warmup_epochs=cfg.trainer.warmup_epochs,
     )
     evaluator = build_evaluator(cfg, dataset, device=device) if world.is_main else None
-    return Prepared(plan, config, trainer, evaluator, state)
+    return Prepared(plan, config, resolved, trainer, evaluator, state)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -350,7 +378,8 @@ class RunSession:
             experiment=cfg.experiment_name,
             identity={
                 "overrides": identity_overrides(overrides, cfg, factor_experiment=sweep),
-                "hash": config_hash(cfg),
+                "hash": config_hash(self.prepared.config),
+                "resolved": self.prepared.resolved,
             },
             status="running",
             epochs=cfg.trainer.epochs,
