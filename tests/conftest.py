@@ -75,14 +75,20 @@ def tiny_overrides() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def cifar10_root(tmp_path_factory) -> Path:
-    """The real CIFAR-10 JPEG archive extracted once (ImageFolder layout), or skip naming it."""
+def cifar10_archive() -> Path:
+    """The real CIFAR-10 JPEG archive, or skip naming the path tried."""
     if not CIFAR_ARCHIVE.is_file():
         pytest.skip(
             f"CIFAR-10 archive not found at {CIFAR_ARCHIVE} (set LABELFREE_CIFAR10_ARCHIVE)"
         )
+    return CIFAR_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory, cifar10_archive) -> Path:
+    """The real CIFAR-10 JPEG archive extracted once (ImageFolder layout)."""
     dest = tmp_path_factory.mktemp("cifar10-jpeg")
-    with tarfile.open(CIFAR_ARCHIVE) as tar:
+    with tarfile.open(cifar10_archive) as tar:
         tar.extractall(dest, filter="data")
     roots = [p.parent for p in dest.rglob("train") if p.is_dir()]
     return roots[0]

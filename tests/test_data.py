@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from labelfree.data import balanced_subset, build_dataset
+from labelfree.data import balanced_subset, build_dataset, extract_archive
 
 
 def test_digits_default(compose_train):
@@ -52,3 +52,38 @@ def test_imagefolder_on_real_cifar10(compose_train, cifar10_root):
     # real photographs: per-channel means near the archive's documented 0.485/0.477/0.439
     means = ds.train.images.float().mean(dim=(0, 2, 3)) / 255
     assert torch.allclose(means, torch.tensor([0.485, 0.477, 0.439]), atol=0.06)
+
+
+def test_concurrent_extractions_of_one_archive_extract_it_once(tmp_path, monkeypatch):
+    """The jobs of a local sweep start at once: one extracts, the others wait for its marker."""
+    import io
+    import tarfile
+    import threading
+    import time
+
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            info = tarfile.TarInfo(f"set/{split}/c0/x.jpg")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    calls, real = [], tarfile.TarFile.extractall
+
+    def slow_extractall(self, *args, **kwargs):
+        calls.append(1)
+        time.sleep(0.3)  # the others arrive while this one extracts
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", slow_extractall)
+    roots = []
+    threads = [
+        threading.Thread(target=lambda: roots.append(extract_archive(archive, tmp_path / "d")))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert roots == [tmp_path / "d" / "set"] * 3
+    assert (tmp_path / "d" / "set" / "test" / "c0" / "x.jpg").read_bytes() == b"abc"

@@ -14,6 +14,7 @@ name, so two folders are two datasets); ``data.loader`` picks the loader.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import tarfile
 from collections.abc import Callable, Mapping
@@ -187,6 +188,9 @@ def load_cifar(
 def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     """Extract a .tar/.tar.gz archive into ``dest`` once (a marker file records completion).
 
+    Concurrent callers (the jobs of a local sweep starting at once) take turns on an OS lock
+    beside ``dest``: one extracts, the others wait and find the marker.
+
     Returns the folder that holds ``train/`` and ``test/``: ``dest`` or its single top folder.
     """
     archive, dest = Path(archive).expanduser(), Path(dest).expanduser()
@@ -197,11 +201,15 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
                 f"data.archive={archive} does not exist: point data.archive at the .tar.gz "
                 f"(e.g. ../shared/data/cifar10-jpeg.tar.gz) or data.root at an extracted folder."
             )
-        log.info("Extracting %s into %s", archive, dest)
-        dest.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")
-        marker.touch()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.parent / f".{dest.name}.extract.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+            if not marker.exists():
+                log.info("Extracting %s into %s", archive, dest)
+                dest.mkdir(parents=True, exist_ok=True)
+                with tarfile.open(archive) as tar:
+                    tar.extractall(dest, filter="data")
+                marker.touch()
     if (dest / "train").is_dir():
         return dest
     subdirs = [p for p in dest.iterdir() if p.is_dir() and (p / "train").is_dir()]
