@@ -7,10 +7,18 @@ from importlib import resources
 import pytest
 from omegaconf import OmegaConf
 
+from labelfree.build import choose_augmentation
 from labelfree.evaluation import eval_epochs
 from labelfree.sweep.plan import list_experiments, plan_sweep
 
-EXPERIMENTS = ["cifar10_cpu", "cross_arch", "demo", "paper_cifar10", "paper_cifar100"]
+EXPERIMENTS = [
+    "cifar10_cpu",
+    "cifar10_gpu",
+    "cross_arch",
+    "demo",
+    "paper_cifar10",
+    "paper_cifar100",
+]
 PAPER_METHODS = {"simsiam", "simclr", "moco_v2"}
 
 
@@ -89,6 +97,27 @@ def test_paper_sweeps_follow_the_paper(compose_train, name, dataset, plans):
         assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (1000, 512)
         assert eval_epochs(cfg.eval.schedule, cfg.trainer.epochs) == list(range(0, 1001, 20))
         assert cfg.data.download is False  # documented one-time download step instead
+
+
+def test_cifar10_gpu_is_the_full_dataset_at_scale_on_one_gpu(compose_train, plans):
+    plan = plans[1]["cifar10_gpu"]
+    assert {d.name.rsplit("-", 2)[1] for d in plan.run_dirs} == PAPER_METHODS
+    assert plan.launcher.startswith("LocalLauncher")  # the 3 runs at once on the one GPU
+    cfg = compose_train("experiment=cifar10_gpu")
+    assert (cfg.data.loader, cfg.arch.name, cfg.metrics.name) == (
+        "imagefolder",
+        "resnet18_cifar",
+        "full",
+    )
+    # the whole of CIFAR-10: 50,000 train (SSL and probe), 10,000 test (every metric)
+    assert cfg.data.train_per_class is None
+    assert cfg.data.test_per_class is None
+    assert cfg.eval.train_per_class is None
+    epochs = eval_epochs(cfg.eval.schedule, cfg.trainer.epochs)
+    assert epochs[:3] == [0, 1, 2]
+    assert len(epochs) == 8
+    assert cfg.trainer.augmentation == "auto"
+    assert choose_augmentation("cuda", workers=cfg.trainer.num_workers) == "batched"
 
 
 def test_cross_arch_varies_the_architecture_with_one_method(plans):
