@@ -88,10 +88,11 @@ def choose_augmentation(device_type: str, *, workers: int) -> str:
       the PIL recipe with 16 workers 21,722, so at least 1,358 images/s per worker (more if the
       GPU was its limit). The workers win once ``workers x 1,358 > 11,511``: from 9 workers.
     - CPU, this project's 2-core machine, CIFAR images at 32 px: the two views of an image cost
-      151 us of CPU batched and 1,158 us with lightly's transforms, the SimCLR step of small_cnn
-      3,977 us. On a CPU the workers take their cores from the training step itself, so the
-      batched path needs less CPU per image (4.1 ms against 5.1) on any number of cores; end to
-      end it was also faster in most interleaved rounds on the shared 2-core machine.
+      115 us of CPU batched and 1,167 us with lightly's transforms, the SimCLR step of small_cnn
+      4,258 us. On a CPU the workers take their cores from the training step itself, so the
+      batched path needs less CPU per image (4.4 ms against 5.4) on any number of cores. End to
+      end it was faster in the least-loaded rounds (450 against 320 images/s) and within the
+      noise of the shared machine under heavy load.
 
     Args:
         device_type: ``cuda`` or ``cpu`` (``torch.device.type``).
