@@ -5,7 +5,9 @@
 
 Configuration: ``conf/analyze.yaml`` (every key documented there). The pipeline is
 :func:`analyze` (callable from Python, e.g. by ``labelfree-reproduce``): collect runs
-(:mod:`labelfree.analysis.collect`), correlate (:mod:`labelfree.analysis.correlate`), write tables
+(:mod:`labelfree.analysis.collect`), find the config keys the runs were swept over
+(:mod:`labelfree.analysis.groups`), correlate (:mod:`labelfree.analysis.correlate`), choose runs
+and checkpoints by each metric (:mod:`labelfree.analysis.select`), write tables
 (:mod:`labelfree.analysis.report`) and figures (:mod:`labelfree.analysis.figures`).
 """
 
@@ -31,13 +33,22 @@ from labelfree.analysis.correlate import (
     within_run_correlations,
 )
 from labelfree.analysis.figures import write_figures
+from labelfree.analysis.groups import (
+    add_group_columns,
+    check_group_keys,
+    config_table,
+    swept_keys,
+)
 from labelfree.analysis.labels import metric_label
 from labelfree.analysis.report import (
     CELLS,
+    SelectionReport,
     TableFile,
+    write_selection,
     write_summary,
     write_tables,
 )
+from labelfree.analysis.select import model_selection, selector_columns
 from labelfree.analysis.wandb_source import collect_wandb, is_wandb_source, merge_collections
 from labelfree.config import quote_path_overrides
 from labelfree.rundir import add_log_file
@@ -57,7 +68,11 @@ class AnalysisResult:
             target, one per dataset x arch.
         tables: Every table written.
         figures: Every figure file written.
-        files: The CSV files and ``summary.md``.
+        files: The CSV files, ``model_selection.md``/``.tex`` and ``summary.md``.
+        group_keys: The config keys the runs are grouped by besides dataset, arch and method.
+        selection: The model-selection table (also ``model_selection.csv``; empty when
+            ``selection.enabled=false``).
+        selection_reports: Its main tables per dataset x arch (all runs, checkpoints), Markdown.
     """
 
     output: Path
@@ -67,6 +82,9 @@ class AnalysisResult:
     tables: list[TableFile] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    group_keys: list[str] = field(default_factory=list)
+    selection: pd.DataFrame = field(default_factory=pd.DataFrame)
+    selection_reports: list[SelectionReport] = field(default_factory=list)
 
 
 def _as_list(value: object) -> list:
@@ -105,11 +123,12 @@ def _check_config(cfg: DictConfig) -> None:
         )
 
 
-def _method_notes(cfg: DictConfig) -> list[str]:
+def _method_notes(cfg: DictConfig, group_keys: Sequence[str]) -> list[str]:
     corr, boot, out = cfg.correlation, cfg.bootstrap, cfg.outliers
-    return [
-        "Within-run correlations use the evaluation epochs of each run, grouped by "
-        "(dataset, arch, method); `per_seed` rows are single runs, `mean`/`std` summarise the "
+    grouping = "(dataset, arch, method" + "".join(f", {k}" for k in group_keys) + ")"
+    notes = [
+        f"Within-run correlations use the evaluation epochs of each run, grouped by "
+        f"{grouping}; `per_seed` rows are single runs, `mean`/`std` summarise the "
         "per-seed values, `pooled` uses all points of all seeds at once (its p-value treats "
         "checkpoints as independent; read it as descriptive).",
         f"Variants: `all`; `no_init` drops epoch 0 (the random initialisation); `late` keeps "
@@ -137,6 +156,20 @@ def _method_notes(cfg: DictConfig) -> list[str]:
             else "skipped."
         ),
     ]
+    if group_keys:
+        how = "set by group_by" if cfg.group_by is not None else "detected from run.json configs"
+        notes.append(
+            f"Group keys ({how}): {', '.join(f'`{k}`' for k in group_keys)}; a row is a method "
+            "and its settings, its runs are the seeds."
+        )
+    if cfg.selection.enabled:
+        notes.append(
+            "Model selection (model_selection.md): each label-free metric (and the few-shot "
+            "probe) picks the run, and within each run the checkpoint, where it is best by its "
+            f"direction; regret = best {metric_label(cfg.selection.target)} minus the pick's, "
+            "against a random pick (best minus mean) and, for checkpoints, the last epoch."
+        )
+    return notes
 
 
 def analyze(cfg: DictConfig) -> AnalysisResult:
@@ -208,7 +241,9 @@ def _analyze(cfg: DictConfig, collection: Collection, roots: list[str], output: 
             f"reasons are in {skipped_csv}."
         )
     corr = cfg.correlation
-    runs = collection.runs
+    runs, result.group_keys = _grouped(cfg, collection)
+    if result.group_keys:
+        runs.to_csv(runs_csv, index=False)  # with the group-key columns
     metrics = metric_columns(
         runs,
         None if corr.metrics is None else _as_list(corr.metrics),
@@ -232,6 +267,7 @@ def _analyze(cfg: DictConfig, collection: Collection, roots: list[str], output: 
         "n_resamples": cfg.bootstrap.n_resamples,
         "confidence": cfg.bootstrap.confidence,
         "seed": cfg.bootstrap.seed,
+        "group_keys": result.group_keys,
     }
     within = within_run_correlations(
         runs, **common, variants=_as_list(corr.variants), late_fraction=corr.late_fraction
@@ -250,7 +286,10 @@ def _analyze(cfg: DictConfig, collection: Collection, roots: list[str], output: 
         digits=cfg.table.digits,
         late_fraction=corr.late_fraction,
         confidence=cfg.bootstrap.confidence,
+        group_keys=result.group_keys,
     )
+    if cfg.selection.enabled:
+        _select_models(cfg, runs, result)
     main_variant = "all" if "all" in _as_list(corr.variants) else _as_list(corr.variants)[0]
     result.main_tables = [
         t
@@ -273,6 +312,8 @@ def _analyze(cfg: DictConfig, collection: Collection, roots: list[str], output: 
             completed_only=corr.cross_run_completed_only,
             formats=_as_list(cfg.figures.formats),
             dpi=cfg.figures.dpi,
+            group_keys=result.group_keys,
+            selection=result.selection if cfg.selection.enabled else None,
         )
     summary = write_summary(
         output / "summary.md",
@@ -285,11 +326,67 @@ def _analyze(cfg: DictConfig, collection: Collection, roots: list[str], output: 
         tables=result.tables,
         figures=result.figures,
         files=list(result.files),
-        method_notes=_method_notes(cfg),
+        method_notes=_method_notes(cfg, result.group_keys),
+        selection_reports=result.selection_reports,
     )
     result.files.append(summary)
     log.info("Analysis written to %s (summary: %s)", output, summary)
     return result
+
+
+def _grouped(cfg: DictConfig, collection: Collection) -> tuple[pd.DataFrame, list[str]]:
+    """The tidy table with a column per group key, and the keys (``group_by`` or detected)."""
+    configs = config_table(collection.configs, collection.runs)
+    if cfg.group_by is None:
+        typed = [o.split("=", 1)[0].lstrip("~+") for v in collection.overrides.values() for o in v]
+        keys = swept_keys(configs, prefer=sorted(set(typed)))
+        unknown = configs.loc[~configs["has_config"], "run_dir"].tolist()
+        if keys and unknown:
+            log.warning(
+                "%d run(s) saved no config in run.json; their %s values are unknown (empty): %s",
+                len(unknown),
+                ", ".join(keys),
+                ", ".join(unknown),
+            )
+    else:
+        keys = check_group_keys(configs, [str(k) for k in _as_list(cfg.group_by)])
+    if keys:
+        log.info("Grouping runs by dataset, arch, method and %s", ", ".join(keys))
+    runs = add_group_columns(collection.runs, configs, keys, after="epochs")
+    return runs, keys
+
+
+def _select_models(cfg: DictConfig, runs: pd.DataFrame, result: AnalysisResult) -> None:
+    """Model selection: ``model_selection.csv``/``.md``/``.tex`` (skipped without the target)."""
+    sel = cfg.selection
+    if sel.target not in runs.columns or runs[sel.target].isna().all():
+        log.warning("Target %s absent: model selection is skipped", sel.target)
+        return
+    selectors = selector_columns(
+        runs,
+        None if sel.selectors is None else _as_list(sel.selectors),
+        _as_list(sel.extra_selectors),
+    )
+    selectors = [s for s in selectors if s != sel.target]
+    if not selectors:
+        log.warning("No selector column in the runs: model selection is skipped")
+        return
+    result.selection = model_selection(
+        runs,
+        selectors=selectors,
+        target=sel.target,
+        group_keys=result.group_keys,
+        completed_only=sel.completed_only,
+        n_resamples=cfg.bootstrap.n_resamples,
+        confidence=cfg.bootstrap.confidence,
+        seed=cfg.bootstrap.seed,
+    )
+    csv = result.output / "model_selection.csv"
+    result.selection.to_csv(csv, index=False)
+    paths, result.selection_reports = write_selection(
+        result.selection, result.output, confidence=cfg.bootstrap.confidence
+    )
+    result.files += [csv, *paths]
 
 
 def _print_summary(result: AnalysisResult) -> None:
@@ -303,9 +400,12 @@ def _print_summary(result: AnalysisResult) -> None:
     )
     for table in result.main_tables:
         print(f"\n## {table.dataset} / {table.arch}\n\n{table.markdown}")
+    for report in result.selection_reports:
+        print(f"\n## Model selection: {report.dataset} / {report.arch}\n\n{report.markdown}")
     print(
         f"\nOutputs in {result.output}: summary.md, runs.csv, correlations.csv, "
-        f"{len(result.tables)} tables in tables/ (Markdown + LaTeX), "
+        + ("model_selection.{csv,md,tex}, " if result.selection_reports else "")
+        + f"{len(result.tables)} tables in tables/ (Markdown + LaTeX), "
         f"{len(result.figures)} figure files in figures/"
     )
 

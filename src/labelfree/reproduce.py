@@ -24,9 +24,11 @@ runs. Run directories are named by the run (``<sweep dir>/<data>-<arch>-<method>
 relaunch resumes unfinished runs and only re-checks finished ones. A job that fails or diverges is
 reported (from its ``run.json``) and left out of the analysis; the others are analysed.
 The analysis is :func:`labelfree.analyze.analyze` on exactly the run directories of this sweep.
-Besides the analysis outputs (``summary.md``, ``runs.csv``, ``correlations.csv``, ``tables/``,
-``figures/``), the output folder gets ``main_table.md`` (command, wall time, run statuses, main
-tables) and ``reproduce.log``.
+Besides the analysis outputs (``summary.md``, ``runs.csv``, ``correlations.csv``,
+``model_selection.{csv,md,tex}``, ``tables/``, ``figures/``), the output folder gets
+``main_table.md`` (command, wall time, run statuses, main tables, model selection) and
+``reproduce.log``. The printed summary ends with the model-selection tables: which run and which
+checkpoint each label-free metric would pick, and the accuracy it gives up (the regret).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ FIGURE_KINDS = {
     "scatter": "metric vs linear-probe accuracy, coloured by epoch",
     "outliers": "entropy vs epoch with core and outlier points",
     "cross_run": "final metric vs final accuracy across runs (cross-run comparison)",
+    "model_selection": "accuracy lost by each metric's pick of a run and of a checkpoint",
 }
 
 
@@ -238,6 +241,8 @@ def write_main_table(result: ReproduceResult, path: Path, *, command: str) -> Pa
         lines.append(f"| {run.name} | {run.status} | {epoch} | {error} |")
     for table in analysis.main_tables:
         lines += ["", f"## {table.dataset} / {table.arch}", "", table.markdown]
+    for report in analysis.selection_reports:
+        lines += ["", f"## Model selection: {report.dataset} / {report.arch}", "", report.markdown]
     if analysis.figures:
         kinds: dict[str, int] = {}
         for figure in analysis.figures:
@@ -413,10 +418,14 @@ def print_summary(result: ReproduceResult) -> None:
     )
     for table in analysis.main_tables:
         print(f"\n## {table.dataset} / {table.arch}\n\n{table.markdown}")
+    for report in analysis.selection_reports:
+        print(f"\n## Model selection: {report.dataset} / {report.arch}\n\n{report.markdown}")
     png = [p for p in analysis.figures if p.suffix == ".png"]
     print(
         f"\nOutputs in {_display(analysis.output)}: main_table.md, summary.md, runs.csv, "
-        f"correlations.csv, {len(analysis.tables)} tables in tables/, "
+        f"correlations.csv, "
+        + ("model_selection.{csv,md,tex}, " if analysis.selection_reports else "")
+        + f"{len(analysis.tables)} tables in tables/, "
         f"{len(analysis.figures)} figure files in figures/ ({len(png)} PNG)"
     )
     print(

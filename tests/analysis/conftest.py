@@ -54,6 +54,8 @@ def write_run(
     run_json: bool = True,
     error: str | None = None,
     truncate_last: bool = False,
+    config: dict | None = None,
+    overrides: list[str] | None = None,
 ) -> Path:
     """Write a run directory like labelfree-train does (run.json, metrics.jsonl, .hydra/)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -78,8 +80,10 @@ def write_run(
             "last_epoch": records[-1]["epoch"] if records else None,
             "experiment": "synthetic",
             "error": error,
-            "config": {"seed": seed},
+            "config": {"seed": seed} if config is None else config,
         }
+        if overrides is not None:
+            info["identity"] = {"overrides": overrides, "hash": "synthetic"}
         (directory / "run.json").write_text(json.dumps(info))
     return directory
 

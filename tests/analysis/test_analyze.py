@@ -153,3 +153,62 @@ def test_all_runs_skipped_keeps_the_report(run_tree, tmp_path):
         analyze(cfg)
     skipped = pd.read_csv(tmp_path / "skipped_runs.csv")
     assert sorted(skipped["reason"]) == ["diverged", "failed"]
+
+
+def test_model_selection_is_written_and_listed(run_tree, tmp_path):
+    out = tmp_path / "out"
+    result = analyze(_compose(f"runs={run_tree}", f"output={out}", *FAST))
+    selection = pd.read_csv(out / "model_selection.csv")
+    assert set(selection["kind"]) == {"run", "checkpoint"}
+    assert set(selection["selector"]) == {"lf/entropy", "lf/kmeans_agreement", "lf/silhouette"}
+    assert (selection["regret"].dropna() >= 0).all()
+    text = (out / "model_selection.md").read_text()
+    assert "### Choosing a run: all runs (digits / small_cnn)" in text
+    assert "| random pick (expected) |" in text
+    assert (out / "model_selection.tex").read_text().count(r"\begin{table}") >= 3
+    assert "figures/model_selection_digits_small-cnn.png" in (out / "summary.md").read_text()
+    assert "[model_selection.md](model_selection.md)" in (out / "summary.md").read_text()
+    assert result.selection_reports
+    off = analyze(
+        _compose(f"runs={run_tree}", f"output={tmp_path / 'off'}", "selection.enabled=false", *FAST)
+    )
+    assert off.selection.empty
+    assert not (tmp_path / "off" / "model_selection.csv").exists()
+
+
+@pytest.mark.slow
+def test_tiny_sweep_over_one_key_end_to_end(run_module, tiny_overrides, tmp_path):
+    """labelfree-train -m over method.temperature x seed, then labelfree-analyze on the sweep."""
+    train = run_module(
+        "labelfree.train",
+        "-m",
+        "method.temperature=0.2,0.5",
+        "seed=0,1",
+        *tiny_overrides,
+        "metrics=full",
+        "eval.train_per_class=10",
+        f"paths.output_dir={tmp_path / 'outputs'}",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    sweep = tmp_path / "outputs" / "sweeps" / "adhoc"
+    assert len(list(sweep.glob("*/run.json"))) == 4
+    out = tmp_path / "analysis"
+    proc = _cli(f"runs={sweep}", f"output={out}", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| simclr, method.temperature=0.2 |" in proc.stdout
+    assert "## Model selection: digits / small_cnn" in proc.stdout
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs.groupby("method.temperature")["seed"].unique().map(sorted).items()) == [
+        (0.2, [0, 1]),
+        (0.5, [0, 1]),
+    ]
+    selection = pd.read_csv(out / "model_selection.csv")
+    chosen = selection[(selection["kind"] == "run") & (selection["selector"] == "lf/silhouette")]
+    assert chosen["n_runs"].tolist() == [4]
+    assert chosen["pick"].iloc[0].startswith("simclr, method.temperature=")
+    assert "sup/fewshot_probe_acc" in set(selection["selector"])
+    for suffix in ("csv", "md", "tex"):
+        assert (out / f"model_selection.{suffix}").stat().st_size > 0
+    assert (out / "figures" / "model_selection_digits_small-cnn.png").stat().st_size > 1000

@@ -75,11 +75,17 @@ class Collection:
         issues: One row per skipped or incomplete run and per damaged file, columns
             :data:`ISSUE_COLUMNS`.
         n_found: Number of run directories found below the roots.
+        configs: ``run_dir -> `` the resolved config saved in the run's ``run.json`` (``{}``
+            when it saved none), for every loaded run.
+        overrides: ``run_dir ->`` the run's result-relevant command-line overrides
+            (``identity.overrides`` of ``run.json``, ``key=value`` strings).
     """
 
     runs: pd.DataFrame
     issues: pd.DataFrame
     n_found: int
+    configs: dict[str, dict] = field(default_factory=dict)
+    overrides: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def n_loaded(self) -> int:
@@ -359,6 +365,8 @@ def collect_runs(
     log.info("Found %d run director%s", len(run_dirs), "y" if len(run_dirs) == 1 else "ies")
     rows: list[dict] = []
     issues: list[dict] = []
+    configs: dict[str, dict] = {}
+    overrides: dict[str, list[str]] = {}
     iterator = tqdm(run_dirs, desc="Loading runs", unit="run", disable=None if progress else True)
     loads = {run_dir: _load_run(run_dir, include_running=include_running) for run_dir in iterator}
     _drop_duplicates(loads)
@@ -375,6 +383,10 @@ def collect_runs(
         if load.info is None:
             continue
         info = load.info
+        config, run_identity = info.get("config"), info.get("identity")
+        configs[str(run_dir)] = config if isinstance(config, dict) else {}
+        if isinstance(run_identity, dict) and isinstance(run_identity.get("overrides"), list):
+            overrides[str(run_dir)] = [str(o) for o in run_identity["overrides"]]
         identity = {
             "run_dir": str(run_dir),
             "name": info.get("name") or run_dir.name,
@@ -396,7 +408,13 @@ def collect_runs(
             if ((values.dropna() % 1) == 0).all():
                 runs[column] = values.astype("Int64")  # missing stays empty, not 0.0/NaN
     issues_frame = pd.DataFrame(issues, columns=list(ISSUE_COLUMNS))
-    collection = Collection(runs=runs, issues=issues_frame, n_found=len(run_dirs))
+    collection = Collection(
+        runs=runs,
+        issues=issues_frame,
+        n_found=len(run_dirs),
+        configs=configs,
+        overrides=overrides,
+    )
     skipped = issues_frame.loc[issues_frame["action"] == "skipped", "run_dir"].nunique()
     log.info(
         "Loaded %d of %d runs (%d evaluations); %d skipped",

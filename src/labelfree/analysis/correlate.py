@@ -6,7 +6,9 @@ coefficient, aggregate[, seed]) with columns :data:`CORRELATION_COLUMNS` then
 :data:`EXTRA_COLUMNS`.
 
 Within-run correlations are computed over the evaluation epochs of each run, grouped by
-(dataset, arch, method); the runs of a group are its seeds. Aggregates:
+(dataset, arch, method) and the group keys a sweep varied (``group_keys``: config keys such as
+``method.temperature``, one column each, placed after ``method``; see
+:mod:`labelfree.analysis.groups`); the runs of a group are its seeds. Aggregates:
 
 - ``per_seed``: one run's coefficient and p-value (``seed``, ``run`` columns say which);
 - ``mean`` / ``std``: mean and sample standard deviation (ddof=1) of the per-seed values that
@@ -18,8 +20,9 @@ Variants (:func:`select_variant`): ``all`` evaluations, ``no_init`` (epoch 0, th
 initialisation, excluded) and ``late`` (epoch >= ``late_fraction`` x planned epochs).
 
 Cross-run (:func:`cross_run_correlations`, ``variant="final"``, ``aggregate="cross_run"``): the
-final evaluation of every completed run of a dataset, correlated across runs that differ in arch
-or method (``arch``/``method`` = ``"all"`` name the pooled dimension).
+final evaluation of every completed run of a dataset, correlated across runs that differ in arch,
+method or group keys (``arch``/``method`` = ``"all"`` name the pooled dimension; group keys are
+always pooled there, ``"all"``).
 
 Bootstrap confidence intervals (percentile method, seeded): for a single run, evaluation points
 are resampled with replacement (pairs kept together). With several runs, a two-stage (cluster)
@@ -236,7 +239,7 @@ def batch_correlation(
     return out
 
 
-def _rng(seed: int, *key: object) -> np.random.Generator:
+def cell_rng(seed: int, *key: object) -> np.random.Generator:
     """A generator for one cell of the table.
 
     Same seed and same cell give the same draws, whatever else is in the table.
@@ -244,7 +247,7 @@ def _rng(seed: int, *key: object) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32("|".join(map(str, key)).encode())])
 
 
-def _cluster_bootstrap(
+def cluster_bootstrap(
     pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
     coefficient: str,
@@ -323,15 +326,20 @@ def select_variant(runs: pd.DataFrame, variant: str, *, late_fraction: float = 0
 
 
 def metric_columns(
-    runs: pd.DataFrame, metrics: Sequence[str] | None = None, extra: Sequence[str] = ()
+    runs: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+    *,
+    setting: str = "metrics",
 ) -> list[str]:
-    """The metric columns to correlate.
+    """The metric columns to correlate (or to select by).
 
     Args:
         runs: The tidy table.
         metrics: Explicit metric keys; every ``lf/*`` column present when None.
         extra: Further keys correlated when present (default config: ``sup/kmeans_gt_ami``,
             the paper's AMI(C1; C_GT) column).
+        setting: The config key that gave ``metrics``, named in the error.
 
     Returns:
         Metric keys, in table order.
@@ -347,7 +355,8 @@ def metric_columns(
             available = [c for c in runs.columns if "/" in c]
             raise ValueError(
                 f"Metric(s) {', '.join(missing)} not found in the runs. Available: "
-                f"{', '.join(available) or 'none'}. Fix metrics= or set metrics=null for all lf/*."
+                f"{', '.join(available) or 'none'}. Fix {setting}= or set {setting}=null for all "
+                "lf/*."
             )
         chosen = list(metrics)
     return chosen + [m for m in extra if m in runs.columns and m not in chosen]
@@ -393,8 +402,10 @@ def _group_rows(
         reps = np.full(n_resamples, np.nan)
         if result.note == "":
             seeds_values.append(result.value)
-            rng = _rng(seed, *keys.values(), run_name)  # not the path: same CIs wherever runs live
-            reps = _cluster_bootstrap(
+            rng = cell_rng(
+                seed, *keys.values(), run_name
+            )  # not the path: same CIs wherever runs live
+            reps = cluster_bootstrap(
                 [(x, y)], coefficient=coefficient, n_resamples=n_resamples, rng=rng
             )
             replicates.append(reps)
@@ -412,7 +423,7 @@ def _group_rows(
     n_total = int(sum(r["n_points"] for r in rows))
     n_defined = len(seeds_values)
     note = "" if n_defined else "no run with a defined coefficient"
-    rng = _rng(seed, *keys.values(), "mean")
+    rng = cell_rng(seed, *keys.values(), "mean")
     if n_defined == 1:
         mean_reps = replicates[0]  # one run: the mean is that run's coefficient
     elif n_defined:
@@ -444,8 +455,8 @@ def _group_rows(
     if pooled.note == "" and len(pairs) == 1:
         pooled_reps = replicates[0]  # one run: pooled is that run's coefficient
     elif pooled.note == "":
-        rng = _rng(seed, *keys.values(), "pooled")
-        pooled_reps = _cluster_bootstrap(
+        rng = cell_rng(seed, *keys.values(), "pooled")
+        pooled_reps = cluster_bootstrap(
             pairs, coefficient=coefficient, n_resamples=n_resamples, rng=rng
         )
     rows.append(
@@ -477,8 +488,27 @@ def _present_targets(runs: pd.DataFrame, targets: Sequence[str]) -> list[str]:
     return present
 
 
-def _finish(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=[*CORRELATION_COLUMNS, *EXTRA_COLUMNS])
+def correlation_columns(group_keys: Sequence[str] = ()) -> list[str]:
+    """Columns of a correlation table, with the group keys after ``method``.
+
+    :data:`CORRELATION_COLUMNS`, the group keys inserted after ``method``, then
+    :data:`EXTRA_COLUMNS`.
+
+    Examples:
+        >>> correlation_columns(["method.temperature"])[:5]
+        ['dataset', 'arch', 'method', 'method.temperature', 'variant']
+    """
+    position = CORRELATION_COLUMNS.index("method") + 1
+    return [
+        *CORRELATION_COLUMNS[:position],
+        *group_keys,
+        *CORRELATION_COLUMNS[position:],
+        *EXTRA_COLUMNS,
+    ]
+
+
+def _finish(rows: list[dict], group_keys: Sequence[str] = ()) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=correlation_columns(group_keys))
     if not len(frame):
         return frame
     seeds = pd.to_numeric(frame["seed"], errors="coerce")
@@ -498,11 +528,13 @@ def within_run_correlations(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    group_keys: Sequence[str] = (),
     progress: bool = True,
 ) -> pd.DataFrame:
     """Correlate every metric with every target over the evaluation epochs of each run.
 
-    Grouped by (dataset, arch, method); per group, variant, metric, target and coefficient:
+    Grouped by (dataset, arch, method, *group_keys); per group, variant, metric, target and
+    coefficient:
     one ``per_seed`` row per run, then ``mean``, ``std`` and ``pooled`` rows (module
     docstring). A metric equal to the target is skipped.
 
@@ -516,10 +548,11 @@ def within_run_correlations(
         n_resamples: Bootstrap resamples per cell.
         confidence: Confidence level of the intervals.
         seed: Bootstrap seed; each cell derives its own stream from it.
+        group_keys: Columns of ``runs`` that split groups further (the swept config keys).
         progress: Show a tqdm bar over groups (only on a terminal).
 
     Returns:
-        Long table with columns :data:`CORRELATION_COLUMNS` then :data:`EXTRA_COLUMNS`.
+        Long table with columns :func:`correlation_columns` (``group_keys`` after ``method``).
 
     Raises:
         ValueError: For an unknown coefficient or variant or a bad bootstrap setting.
@@ -528,7 +561,7 @@ def within_run_correlations(
     selected = {v: select_variant(runs, v, late_fraction=late_fraction) for v in variants}
     targets = _present_targets(runs, targets)
     rows: list[dict] = []
-    group_columns = list(GROUP_COLUMNS)
+    group_columns = [*GROUP_COLUMNS, *group_keys]
     members = {
         key: table[["run_dir", "seed", "name"]].drop_duplicates("run_dir").sort_values("run_dir")
         for key, table in runs.groupby(group_columns, sort=True)
@@ -541,7 +574,7 @@ def within_run_correlations(
         for variant in selected:
             group = by_group[variant].get(group_key, runs.iloc[:0])
             for metric, target, coefficient in cells:
-                keys = dict(zip(GROUP_COLUMNS, group_key, strict=True))
+                keys = dict(zip(group_columns, group_key, strict=True))
                 keys |= {
                     "variant": variant,
                     "metric": metric,
@@ -557,7 +590,7 @@ def within_run_correlations(
                     confidence=confidence,
                     seed=seed,
                 )
-    return _finish(rows)
+    return _finish(rows, group_keys)
 
 
 def final_evaluations(runs: pd.DataFrame, *, completed_only: bool = True) -> pd.DataFrame:
@@ -583,11 +616,13 @@ def cross_run_correlations(
     confidence: float = 0.95,
     seed: int = 0,
     completed_only: bool = True,
+    group_keys: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Does the metric rank different models like the target does? Correlation across runs.
 
     Uses each run's final evaluation (:func:`final_evaluations`). Per dataset, three kinds of
-    rows, each only when its runs span at least two different (arch, method) models:
+    rows, each only when its runs span at least two different models (arch, method and group
+    keys):
     ``arch="all", method="all"`` (every run), ``arch="all", method=M`` (one method, across
     architectures) and ``arch=A, method="all"`` (one architecture, across methods). Seeds of one
     model count as separate points. Intervals resample runs.
@@ -601,6 +636,8 @@ def cross_run_correlations(
         confidence: Confidence level of the intervals.
         seed: Bootstrap seed.
         completed_only: Only runs with status ``completed``.
+        group_keys: Columns of ``runs`` that tell models apart besides arch and method; pooled
+            (``"all"``) in every row.
 
     Returns:
         Long table like :func:`within_run_correlations`, ``variant="final"``,
@@ -615,7 +652,7 @@ def cross_run_correlations(
         subsets += [(ALL, m, t) for m, t in table.groupby("method", sort=True)]
         subsets += [(a, ALL, t) for a, t in table.groupby("arch", sort=True)]
         for arch, method, subset in subsets:
-            if len(subset[["arch", "method"]].drop_duplicates()) < 2:
+            if len(subset[["arch", "method", *group_keys]].drop_duplicates()) < 2:
                 continue
             for metric in metrics:
                 for target in targets:
@@ -626,6 +663,7 @@ def cross_run_correlations(
                             "dataset": dataset,
                             "arch": arch,
                             "method": method,
+                            **dict.fromkeys(group_keys, ALL),
                             "variant": CROSS_RUN_VARIANT,
                             "metric": metric,
                             "target": target,
@@ -635,11 +673,11 @@ def cross_run_correlations(
                         result = correlation(x, y, coefficient=coefficient)
                         reps = np.array([])
                         if result.note == "":
-                            reps = _cluster_bootstrap(
+                            reps = cluster_bootstrap(
                                 [(x, y)],
                                 coefficient=coefficient,
                                 n_resamples=n_resamples,
-                                rng=_rng(seed, *keys.values()),
+                                rng=cell_rng(seed, *keys.values()),
                             )
                         ci = confidence_interval(reps, confidence=confidence)
                         rows.append(
@@ -653,4 +691,4 @@ def cross_run_correlations(
                         )
     if not rows:
         log.info("No cross-run correlation: no dataset has completed runs of two different models")
-    return _finish(rows)
+    return _finish(rows, group_keys)

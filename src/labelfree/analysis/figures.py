@@ -1,6 +1,7 @@
 """Figures of an analysis, written as PNG and PDF (matplotlib, no pyplot state, Agg canvas).
 
-- ``curves_<dataset>_<arch>_<metric>``: metric vs epoch, one panel per method, one line per seed,
+- ``curves_<dataset>_<arch>_<metric>``: metric vs epoch, one panel per method (per method and
+  setting when a sweep varied group keys, :mod:`labelfree.analysis.groups`), one line per seed,
   linear-probe accuracy (the main target) on a twin axis;
 - ``scatter_<dataset>_<arch>_<metric>``: metric vs target, one panel per method, points coloured
   by epoch, the pooled coefficient and its interval in each panel title;
@@ -8,7 +9,9 @@
   "outlier" points (rule: :func:`labelfree.analysis.outliers.flag_outliers`), with the
   coefficient on all points and on core points in each panel title;
 - ``cross_run_<dataset>``: final metric vs final target across runs, one panel per metric,
-  colour = method, marker = architecture.
+  colour = method (and setting), marker = architecture;
+- ``model_selection_<dataset>_<arch>``: accuracy lost by each selector's pick of a run and of a
+  checkpoint, against the random-pick and last-epoch baselines (:func:`plot_model_selection`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from labelfree.analysis.correlate import (
     correlation,
     final_evaluations,
 )
-from labelfree.analysis.labels import COEFFICIENT_SYMBOLS, metric_label, slug
+from labelfree.analysis.groups import group_frames, setting_label, short_keys
+from labelfree.analysis.labels import COEFFICIENT_SYMBOLS, metric_label, order_metrics, slug
 from labelfree.analysis.outliers import flag_outliers
 
 log = logging.getLogger(__name__)
@@ -59,10 +63,21 @@ def save_figure(
     return paths
 
 
-def _panels(n: int, *, width: float = 4.0, height: float = 3.2) -> tuple[Figure, list]:
-    figure = Figure(figsize=(width * n, height), layout="constrained")
-    axes = figure.subplots(1, n, squeeze=False)[0]
-    return figure, list(axes)
+def _panels(
+    n: int, *, width: float = 4.0, height: float = 3.2, columns: int | None = None
+) -> tuple[Figure, list]:
+    """One row of ``n`` panels, or rows of ``columns`` panels when ``n`` is larger."""
+    columns = n if columns is None else max(1, min(n, columns))
+    rows = -(-n // columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes = list(figure.subplots(rows, columns, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return figure, axes[:n]
+
+
+#: Panels per row of the per-group figures (a sweep can make many groups).
+_GROUP_COLUMNS = 4
 
 
 def _coefficient_text(row: pd.Series | None, coefficient: str) -> str:
@@ -90,8 +105,34 @@ def _seed_label(run: pd.DataFrame) -> str:
     return f"seed {int(seed)}" if pd.notna(seed) else str(run["name"].iloc[0])
 
 
+def _groups(
+    part: pd.DataFrame, group_keys: Sequence[str], *, separator: str = "\n"
+) -> list[tuple[str, dict, pd.DataFrame]]:
+    """Panels of a per-group figure: one per method (and setting), in table order.
+
+    The label is the method, then the setting with short key names (:func:`short_keys`) after
+    ``separator`` (a new line in panel titles).
+    """
+    if not group_keys:  # one per method, in name order
+        return [
+            (m, {"method": m}, part[part["method"] == m]) for m in sorted(part["method"].unique())
+        ]
+    short = short_keys(group_keys)
+    out = []
+    for _, where, rows in group_frames(part, group_keys):
+        setting = setting_label({short[k]: where[k] for k in group_keys})
+        out.append((separator.join(p for p in (str(where["method"]), setting) if p), where, rows))
+    return out
+
+
 def plot_metric_curves(
-    runs: pd.DataFrame, *, dataset: str, arch: str, metric: str, target: str
+    runs: pd.DataFrame,
+    *,
+    dataset: str,
+    arch: str,
+    metric: str,
+    target: str,
+    group_keys: Sequence[str] = (),
 ) -> Figure:
     """Metric vs epoch per method (one line per seed), the target on a twin axis.
 
@@ -101,16 +142,17 @@ def plot_metric_curves(
         arch: Architecture to plot.
         metric: Metric column (left axis, solid).
         target: Target column (right axis, dashed), usually ``sup/linear_probe_acc``.
+        group_keys: Group-key columns: one panel per method and setting.
 
     Returns:
         The figure.
     """
     part = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
-    methods = sorted(part["method"].unique())
-    figure, axes = _panels(len(methods))
-    for ax, method in zip(axes, methods, strict=True):
+    groups = _groups(part, group_keys)
+    figure, axes = _panels(len(groups), columns=_GROUP_COLUMNS)
+    for ax, (method, _, members) in zip(axes, groups, strict=True):
         twin = ax.twinx()
-        for i, (_, run) in enumerate(part[part["method"] == method].groupby("run_dir")):
+        for i, (_, run) in enumerate(members.groupby("run_dir")):
             run = run.sort_values("epoch")
             label = _seed_label(run)
             ax.plot(
@@ -154,19 +196,21 @@ def plot_metric_vs_target(
     correlations: pd.DataFrame | None = None,
     coefficient: str = "spearman",
     variant: str = "all",
+    group_keys: Sequence[str] = (),
 ) -> Figure:
     """Metric vs target scatter per method, points coloured by epoch, one marker per seed.
 
     Each panel title holds the pooled coefficient [CI] of ``correlations`` for that method
-    (``variant``, ``coefficient``); computed directly when ``correlations`` is None.
+    (``variant``, ``coefficient``); computed directly when ``correlations`` is None. With
+    ``group_keys``, one panel per method and setting.
     """
     part = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
-    methods = sorted(part["method"].unique())
-    figure, axes = _panels(len(methods))
+    groups = _groups(part, group_keys)
+    figure, axes = _panels(len(groups), columns=_GROUP_COLUMNS)
     last_epoch = max(float(part["epoch"].max()), 1.0)
     scatter = None
-    for ax, method in zip(axes, methods, strict=True):
-        for i, (_, run) in enumerate(part[part["method"] == method].groupby("run_dir")):
+    for ax, (method, where, members) in zip(axes, groups, strict=True):
+        for i, (_, run) in enumerate(members.groupby("run_dir")):
             scatter = ax.scatter(
                 run[metric],
                 run[target],
@@ -182,15 +226,14 @@ def plot_metric_vs_target(
             correlations,
             dataset=dataset,
             arch=arch,
-            method=method,
+            **where,
             variant=variant,
             metric=metric,
             target=target,
             coefficient=coefficient,
         )
         if correlations is None:
-            sub = part[part["method"] == method]
-            result = correlation(sub[metric], sub[target], coefficient=coefficient)
+            result = correlation(members[metric], members[target], coefficient=coefficient)
             row = pd.Series({"value": result.value, "ci_low": np.nan, "ci_high": np.nan})
         ax.set(
             title=f"{method}: {_coefficient_text(row, coefficient)}",
@@ -219,20 +262,22 @@ def plot_outliers(
     min_deviation: float = 0.1,
     window: int = 4,
     epoch_fraction: float = 0.0,
+    group_keys: Sequence[str] = (),
 ) -> Figure:
     """Metric (entropy by default) vs epoch with "core" and "outlier" points marked.
 
     Outliers follow :func:`labelfree.analysis.outliers.flag_outliers`, run by run; the grey
     line joins each run's core points. When ``target`` is present, each panel title gives the
     coefficient with the target over all points and over core points (pooled over seeds): the
-    paper's point that unstable early points can hide the trend.
+    paper's point that unstable early points can hide the trend. With ``group_keys``, one panel
+    per method and setting.
     """
     part = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
-    methods = sorted(part["method"].unique())
-    figure, axes = _panels(len(methods))
-    for ax, method in zip(axes, methods, strict=True):
+    groups = _groups(part, group_keys)
+    figure, axes = _panels(len(groups), columns=_GROUP_COLUMNS)
+    for ax, (method, _, members) in zip(axes, groups, strict=True):
         core_x, core_y, all_x, all_y = [], [], [], []
-        for i, (_, run) in enumerate(part[part["method"] == method].groupby("run_dir")):
+        for i, (_, run) in enumerate(members.groupby("run_dir")):
             run = run.sort_values("epoch")
             values = run[metric].to_numpy(dtype=float)
             epochs = run["epoch"].to_numpy(dtype=float)
@@ -302,22 +347,28 @@ def plot_cross_run(
     correlations: pd.DataFrame | None = None,
     coefficient: str = "spearman",
     completed_only: bool = True,
+    group_keys: Sequence[str] = (),
 ) -> Figure:
-    """Final metric vs final target across runs of one dataset; colour method, marker arch."""
+    """Final metric vs final target across runs of one dataset.
+
+    Colour: method (method and setting with ``group_keys``); marker: architecture.
+    """
     final = final_evaluations(runs[runs["dataset"] == dataset], completed_only=completed_only)
     figure, axes = _panels(max(1, len(metrics)))
-    methods = sorted(final["method"].unique())
     archs = sorted(final["arch"].unique())
+    groups = _groups(final, group_keys, separator=", ")
+    colours = {label: i for i, (label, _, _) in enumerate(groups)}
     for ax, metric in zip(axes, metrics, strict=False):
-        for (method, arch), group in final.groupby(["method", "arch"]):
-            ax.scatter(
-                group[metric],
-                group[target],
-                color=f"C{methods.index(method) % 10}",
-                marker=_MARKERS[archs.index(arch) % 8],
-                s=30,
-                label=f"{method}, {arch}",
-            )
+        for label, _, members in groups:
+            for arch, group in members.groupby("arch"):
+                ax.scatter(
+                    group[metric],
+                    group[target],
+                    color=f"C{colours[label] % 10}",
+                    marker=_MARKERS[archs.index(arch) % 8],
+                    s=30,
+                    label=f"{label}, {arch}",
+                )
         row = _pooled_row(
             correlations,
             aggregate=CROSS_RUN_AGGREGATE,
@@ -339,6 +390,64 @@ def plot_cross_run(
     return figure
 
 
+def plot_model_selection(selection: pd.DataFrame, *, dataset: str, arch: str) -> Figure:
+    """Accuracy lost by each selector's pick, for a run and for a checkpoint (all runs).
+
+    Left: choosing a run at the final evaluation, the regret of each selector's pick, the
+    random pick's expected regret as a dashed line. Right: choosing a checkpoint within each
+    run, the mean regret over runs, with the random-epoch (dashed) and last-epoch (dotted)
+    baselines. Selectors without a direction get no bar (``n/a``). Accuracies in points.
+
+    Args:
+        selection: The table of :func:`labelfree.analysis.select.model_selection`.
+        dataset: Dataset to plot.
+        arch: Architecture to plot.
+    """
+    part = selection[
+        (selection["dataset"] == dataset)
+        & (selection["arch"] == arch)
+        & (selection["method"] == ALL)
+    ]
+    figure, axes = _panels(2, width=5.0, height=3.6)
+    panels = (
+        ("run", "pick", "Choosing a run (final evaluation)", (("random_regret", "--", "random"),)),
+        (
+            "checkpoint",
+            "mean",
+            "Choosing a checkpoint (mean over runs)",
+            (("random_regret", "--", "random epoch"), ("last_regret", ":", "last epoch")),
+        ),
+    )
+    for ax, (kind, aggregate, title, baselines) in zip(axes, panels, strict=True):
+        rows = part[(part["kind"] == kind) & (part["aggregate"] == aggregate)]
+        if rows.empty:
+            ax.set_visible(False)
+            continue
+        rows = rows.set_index("selector").loc[order_metrics(rows["selector"])].reset_index()
+        scale = 100.0 if str(rows["target"].iloc[0]).endswith("_acc") else 1.0
+        labels = [metric_label(s) for s in rows["selector"]]
+        values = rows["regret"].to_numpy(dtype=float) * scale
+        positions = np.arange(len(rows))
+        colours = ["C2" if s.startswith("sup/") else "C0" for s in rows["selector"]]
+        ax.bar(positions, np.nan_to_num(values), color=colours)
+        for x, value in zip(positions, values, strict=True):
+            text = f"{value:.1f}" if np.isfinite(value) else "n/a"
+            ax.text(x, np.nan_to_num(value), text, ha="center", va="bottom", fontsize="x-small")
+        for column, style, name in baselines:
+            level = float(rows[column].iloc[0]) * scale
+            ax.axhline(level, color="C3", ls=style, lw=1, label=f"{name} ({level:.1f})")
+        ax.set_xticks(positions, labels, rotation=45, ha="right", fontsize="small")
+        unit = "points" if scale == 100.0 else "target units"
+        ax.set(title=title, ylabel=f"regret ({unit})")
+        ax.set_ylim(0, 1.15 * max(float(np.nanmax(np.append(values, 0.0))), ax.get_ylim()[1]))
+        ax.legend(fontsize="x-small", loc="best")
+    target = metric_label(str(part["target"].iloc[0])) if len(part) else ""
+    figure.suptitle(
+        f"Label-free model selection: {target} lost against the best ({dataset}, {arch})"
+    )
+    return figure
+
+
 def write_figures(
     runs: pd.DataFrame,
     out_dir: str | Path,
@@ -355,6 +464,8 @@ def write_figures(
     completed_only: bool = True,
     formats: Sequence[str] = ("png", "pdf"),
     dpi: int = 150,
+    group_keys: Sequence[str] = (),
+    selection: pd.DataFrame | None = None,
     progress: bool = True,
 ) -> list[Path]:
     """Write every figure of the module docstring for each dataset x arch.
@@ -374,6 +485,9 @@ def write_figures(
         completed_only: Cross-run figure uses completed runs only.
         formats: File formats.
         dpi: Resolution of raster formats.
+        group_keys: Group-key columns of ``runs``: panels per method and setting.
+        selection: The model-selection table; one ``model_selection_*`` figure per dataset x
+            arch when given.
         progress: Show a tqdm bar (only on a terminal).
 
     Returns:
@@ -384,7 +498,7 @@ def write_figures(
     jobs = []
     combos = runs[["dataset", "arch"]].drop_duplicates().sort_values(["dataset", "arch"])
     for dataset, arch in combos.itertuples(index=False):
-        where = {"dataset": dataset, "arch": arch}
+        where = {"dataset": dataset, "arch": arch, "group_keys": group_keys}
         name = slug(dataset, arch)
         for metric in metrics:
             if not has_target:
@@ -442,7 +556,18 @@ def write_figures(
                         "correlations": correlations,
                         "coefficient": coefficient,
                         "completed_only": completed_only,
+                        "group_keys": group_keys,
                     },
+                )
+            )
+    if selection is not None and len(selection):
+        chosen = selection[["dataset", "arch"]].drop_duplicates().sort_values(["dataset", "arch"])
+        for dataset, arch in chosen.itertuples(index=False):
+            jobs.append(
+                (
+                    f"model_selection_{slug(dataset, arch)}",
+                    lambda _runs, **kwargs: plot_model_selection(selection, **kwargs),
+                    {"dataset": dataset, "arch": arch},
                 )
             )
     if not has_target:

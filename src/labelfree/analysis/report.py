@@ -1,7 +1,9 @@
 """Markdown and LaTeX tables laid out like the paper's, and the ``summary.md`` of an analysis.
 
 Paper layout (Xu, Lowe, Trappenberg 2024, arXiv:2409.06612): rows are SSL methods, columns are
-metrics, one table per dataset x arch x variant (and per target and coefficient here). A cell is
+metrics, one table per dataset x arch x variant (and per target and coefficient here). When a
+sweep varied other config keys (the group keys, :mod:`labelfree.analysis.groups`), a row is a
+method and its settings, e.g. ``simclr, method.temperature=0.2``. A cell is
 either the mean ± standard deviation of the per-seed coefficients (``cell="mean_std"``, default)
 or the pooled coefficient with its bootstrap interval (``cell="pooled_ci"``); the caption says
 which. Cross-run tables (one per dataset) have one row per model comparison.
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from labelfree.analysis.correlate import (
@@ -22,6 +25,7 @@ from labelfree.analysis.correlate import (
     CROSS_RUN_AGGREGATE,
     CROSS_RUN_VARIANT,
 )
+from labelfree.analysis.groups import group_frames
 from labelfree.analysis.labels import (
     COEFFICIENT_NAMES,
     VARIANT_TEXT,
@@ -30,6 +34,7 @@ from labelfree.analysis.labels import (
     order_metrics,
     slug,
 )
+from labelfree.analysis.select import DIRECTIONS, direction_of
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,15 @@ class TableFile:
     markdown: str
     markdown_path: Path
     latex_path: Path
+
+
+@dataclass
+class SelectionReport:
+    """The model-selection tables of one dataset x arch, as Markdown (printed and in summary.md)."""
+
+    dataset: str
+    arch: str
+    markdown: str
 
 
 def _number(value: float, digits: int) -> str | None:
@@ -101,8 +115,9 @@ def paper_table(
     cell: str = "mean_std",
     digits: int = 2,
     latex: bool = False,
+    group_keys: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """A paper-style table: rows methods, columns metrics, string cells.
+    """A paper-style table: rows methods (and their settings), columns metrics, string cells.
 
     Args:
         correlations: The long table of :mod:`labelfree.analysis.correlate`.
@@ -115,6 +130,8 @@ def paper_table(
             ``pooled_ci`` (pooled value [CI]).
         digits: Decimals.
         latex: Format cells and headers for LaTeX.
+        group_keys: Group-key columns of ``correlations``: one row per method and setting,
+            labelled ``method, key=value, ...``.
 
     Returns:
         DataFrame indexed by method (named ``method``), one column per metric label.
@@ -133,15 +150,20 @@ def paper_table(
         coefficient=coefficient,
     )
     metrics = order_metrics(part["metric"].unique())
-    methods = sorted(part["method"].unique())
+    if group_keys:
+        groups = [(label, rows) for label, _, rows in group_frames(part, group_keys)]
+    else:  # one row per method, in name order (the paper's layout)
+        groups = [
+            (method, part[part["method"] == method]) for method in sorted(part["method"].unique())
+        ]
     table = pd.DataFrame(
-        index=pd.Index(methods, name="method"),
+        index=pd.Index([label for label, _ in groups], name="method"),
         columns=[metric_label(m, latex=latex) for m in metrics],
         dtype=object,
     )
-    for method in methods:
+    for method, group in groups:
         for metric in metrics:
-            rows = _select(part, method=method, metric=metric).set_index("aggregate")
+            rows = _select(group, metric=metric).set_index("aggregate")
             if cell == "mean_std" and "mean" in rows.index:
                 std = rows.loc["std", "value"] if "std" in rows.index else None
                 text = format_cell(rows.loc["mean", "value"], std=std, digits=digits, latex=latex)
@@ -163,10 +185,12 @@ def cross_run_table(
     coefficient: str = "spearman",
     digits: int = 2,
     latex: bool = False,
+    group_keys: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Cross-run table of one dataset: rows model comparisons, columns metrics.
 
-    Cell: coefficient [bootstrap CI] (n runs).
+    Cell: coefficient [bootstrap CI] (n runs). With ``group_keys``, every comparison also pools
+    the settings (``simclr: every arch and setting``).
     """
     part = _select(
         correlations,
@@ -180,6 +204,12 @@ def cross_run_table(
     def comparison(arch: str, method: str) -> str:
         if arch == ALL and method == ALL:
             return "all runs"
+        if group_keys:
+            return (
+                f"{method}: every arch and setting"
+                if arch == ALL
+                else f"{arch}: every method and setting"
+            )
         return f"{method}, across archs" if arch == ALL else f"{arch}, across methods"
 
     keys = sorted({(a, m) for a, m in zip(part["arch"], part["method"], strict=True)})
@@ -258,10 +288,11 @@ def table_caption(
     n_seeds: str,
     late_fraction: float = 0.5,
     confidence: float = 0.95,
+    per: str = "method",
 ) -> str:
-    """Caption of a paper-style table; says what a cell holds."""
+    """Caption of a paper-style table; says what a cell holds (seeds ``per`` row kind)."""
     what = (
-        f"mean ± std over seeds ({n_seeds} per method; a single value where one seed)"
+        f"mean ± std over seeds ({n_seeds} per {per}; a single value where one seed)"
         if cell == "mean_std"
         else f"coefficient pooled over all seeds' evaluations [{confidence:.0%} bootstrap CI]"
     )
@@ -273,9 +304,10 @@ def table_caption(
     )
 
 
-def _n_seeds(correlations: pd.DataFrame) -> str:
+def _n_seeds(correlations: pd.DataFrame, group_keys: Sequence[str] = ()) -> str:
     per_seed = correlations.loc[correlations["aggregate"] == "per_seed"]
-    values = sorted(set(per_seed.groupby(["method", "metric"]).size().tolist())) or [0]
+    counts = per_seed.groupby(["method", *group_keys, "metric"], dropna=False).size()
+    values = sorted(set(counts.tolist())) or [0]
     return "–".join(map(str, (values[0], values[-1]))) if len(values) > 1 else str(values[0])
 
 
@@ -289,6 +321,7 @@ def write_tables(
     digits: int = 2,
     late_fraction: float = 0.5,
     confidence: float = 0.95,
+    group_keys: Sequence[str] = (),
 ) -> list[TableFile]:
     """Write the paper-style and cross-run tables as Markdown and LaTeX.
 
@@ -304,6 +337,7 @@ def write_tables(
         digits: Decimals.
         late_fraction: For the ``late`` caption.
         confidence: For the CI caption.
+        group_keys: Group-key columns of ``correlations`` (rows per method and setting).
 
     Returns:
         The written tables, paper-style first (dataset, arch, target, variant order).
@@ -324,11 +358,17 @@ def write_tables(
                     **keys,
                     coefficient=coefficient,
                     cell=cell,
-                    n_seeds=_n_seeds(_select(part, target=target, variant=variant)),
+                    n_seeds=_n_seeds(_select(part, target=target, variant=variant), group_keys),
                     late_fraction=late_fraction,
                     confidence=confidence,
+                    per="method and setting" if group_keys else "method",
                 )
-                args = {"coefficient": coefficient, "cell": cell, "digits": digits}
+                args = {
+                    "coefficient": coefficient,
+                    "cell": cell,
+                    "digits": digits,
+                    "group_keys": group_keys,
+                }
                 markdown = to_markdown(paper_table(part, **keys, **args), caption=caption)
                 latex = to_latex(
                     paper_table(part, **keys, **args, latex=True),
@@ -349,7 +389,12 @@ def write_tables(
                 f"{metric_label(target)} at the {VARIANT_TEXT[CROSS_RUN_VARIANT]}; dataset "
                 f"{dataset}. Cell: coefficient [{confidence:.0%} bootstrap CI over runs] (n runs)."
             )
-            args = {"dataset": dataset, "target": target, "coefficient": coefficient}
+            args = {
+                "dataset": dataset,
+                "target": target,
+                "coefficient": coefficient,
+                "group_keys": group_keys,
+            }
             markdown = to_markdown(cross_run_table(cross, **args, digits=digits), caption=caption)
             latex = to_latex(
                 cross_run_table(cross, **args, digits=digits, latex=True),
@@ -391,10 +436,12 @@ def write_summary(
     figures: Sequence[Path],
     files: Sequence[Path],
     method_notes: Sequence[str],
+    selection_reports: Sequence[SelectionReport] = (),
 ) -> Path:
     """Write ``summary.md``: inputs, run issues, main tables, links to every table and figure.
 
-    Links are relative to the summary's folder.
+    Links are relative to the summary's folder. The model-selection tables (all runs, and
+    checkpoints) follow the main tables when given.
     """
     path = Path(path)
     base = path.parent
@@ -424,6 +471,15 @@ def write_summary(
         lines += [f"### {table.dataset} / {table.arch}", "", table.markdown, ""]
     if not main_tables:
         lines += ["No within-run correlation could be computed.", ""]
+    if selection_reports:
+        lines += [
+            "## Model selection",
+            "",
+            f"Every table: {link(base / 'model_selection.md')}.",
+            "",
+        ]
+        for report in selection_reports:  # its headings name the dataset and arch
+            lines += [report.markdown, ""]
     lines += ["## Files", ""] + [f"- {link(f)}" for f in files] + [""]
     lines += ["## Tables", ""]
     lines += [
@@ -441,3 +497,220 @@ def write_summary(
     lines += ["", "## How to read", ""] + [f"- {note}" for note in method_notes] + [""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# model selection (labelfree.analysis.select)
+# --------------------------------------------------------------------------------------------
+
+
+def _scale(target: str) -> tuple[float, str, str]:
+    """Display scale of a target: accuracies (fractions) in %, their differences in points."""
+    if target.endswith("_acc"):
+        return 100.0, f"{metric_label(target)} (%)", "regret (pp)"
+    return 1.0, metric_label(target), "regret"
+
+
+def _scaled(value: object, scale: float, digits: int) -> str:
+    number = _number(float(value) * scale, digits) if pd.notna(value) else None
+    return _NA if number is None else number
+
+
+def _with_ci(row: pd.Series, coefficient: str, digits: int) -> str:
+    ci = (row[f"{coefficient}_ci_low"], row[f"{coefficient}_ci_high"])
+    return format_cell(row[coefficient], ci=ci, digits=digits)
+
+
+def run_selection_table(
+    selection: pd.DataFrame, *, dataset: str, arch: str, method: str = ALL, digits: int = 2
+) -> pd.DataFrame:
+    """Choosing a run: one row per selector, then the random pick and the oracle.
+
+    Columns: direction of "better", the run picked, its target value, the regret, and Kendall's
+    tau and Spearman's rho across runs with their bootstrap intervals. Accuracies are shown in
+    %, regrets in accuracy points (pp).
+    """
+    part = _select(
+        selection, dataset=dataset, arch=arch, method=method, kind="run", aggregate="pick"
+    )
+    if part.empty:
+        return pd.DataFrame()
+    target = part["target"].iloc[0]
+    scale, value_header, regret_header = _scale(target)
+    columns = ["better", "pick", value_header, regret_header, "Kendall τ", "Spearman ρ_s"]
+    table = pd.DataFrame(columns=columns, dtype=object)
+    table.index.name = "selector"
+    by_selector = part.set_index("selector")
+    for selector in order_metrics(list(by_selector.index)):
+        row = by_selector.loc[selector]
+        picked = row["direction"] != "none" and bool(row["pick"])
+        table.loc[metric_label(selector)] = [
+            row["direction"],
+            row["pick"] if picked else "n/a (no direction)",
+            _scaled(row["pick_target"], scale, 1) if picked else _NA,
+            _scaled(row["regret"], scale, 1) if picked else _NA,
+            _with_ci(row, "kendall", digits),
+            _with_ci(row, "spearman", digits),
+        ]
+    first = part.iloc[0]
+    mean_target = first["oracle_target"] - first["random_regret"]
+    table.loc["random pick (expected)"] = [
+        "",
+        "",
+        _scaled(mean_target, scale, 1),
+        _scaled(first["random_regret"], scale, 1),
+        "",
+        "",
+    ]
+    table.loc["best run (oracle)"] = [
+        "",
+        first["oracle"],
+        _scaled(first["oracle_target"], scale, 1),
+        _scaled(0.0, scale, 1),
+        "",
+        "",
+    ]
+    return table
+
+
+def checkpoint_selection_table(selection: pd.DataFrame, *, dataset: str, arch: str) -> pd.DataFrame:
+    """Choosing a checkpoint within each run: one row per selector, then the baselines.
+
+    Columns: direction, the mean epoch picked (all runs), then the mean regret over the runs of
+    every set (all runs, then each method), in accuracy points for accuracies.
+    """
+    part = _select(selection, dataset=dataset, arch=arch, kind="checkpoint", aggregate="mean")
+    if part.empty:
+        return pd.DataFrame()
+    scale, _, regret_header = _scale(part["target"].iloc[0])
+    methods = [m for m in part["method"].unique() if m != ALL]
+    scopes = [ALL, *sorted(methods)]
+    names = {ALL: f"all runs ({int(part[part['method'] == ALL]['n_runs'].max())})"}
+    for m in methods:
+        names[m] = f"{m} ({int(part[part['method'] == m]['n_runs'].max())})"
+    columns = ["better", "epoch picked (mean)"] + [f"{regret_header}: {names[s]}" for s in scopes]
+    table = pd.DataFrame(columns=columns, dtype=object)
+    table.index.name = "selector"
+    everything = part[part["method"] == ALL].set_index("selector")
+    by_scope = {s: part[part["method"] == s].set_index("selector") for s in scopes}
+    for selector in order_metrics(list(everything.index)):
+        row = everything.loc[selector]
+        picked = row["direction"] != "none"
+        cells = [
+            row["direction"],
+            _number(row["pick_epoch"], 1) if picked else "n/a (no direction)",
+        ]
+        for scope in scopes:
+            value = by_scope[scope].loc[selector, "regret"] if picked else np.nan
+            cells.append(_scaled(value, scale, 1))
+        table.loc[metric_label(selector)] = cells
+    first = {s: by_scope[s].iloc[0] for s in scopes}
+    table.loc["random epoch (expected)"] = ["", ""] + [
+        _scaled(first[s]["random_regret"], scale, 1) for s in scopes
+    ]
+    table.loc["last epoch"] = ["", "last"] + [
+        _scaled(first[s]["last_regret"], scale, 1) for s in scopes
+    ]
+    table.loc["best epoch (oracle)"] = ["", _number(first[ALL]["oracle_epoch"], 1) or _NA] + [
+        _scaled(0.0, scale, 1) for _ in scopes
+    ]
+    return table
+
+
+def direction_table(selectors: Sequence[str]) -> pd.DataFrame:
+    """The direction of "better" of each selector and its reason (:data:`DIRECTIONS`)."""
+    table = pd.DataFrame(columns=["better", "why"], dtype=object)
+    table.index.name = "selector"
+    for selector in order_metrics(selectors):
+        reason = DIRECTIONS[selector].reason if selector in DIRECTIONS else "not documented"
+        table.loc[metric_label(selector)] = [direction_of(selector), reason]
+    return table
+
+
+def _latex_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Plain-text cells and labels escaped for LaTeX."""
+    out = table.map(lambda v: latex_escape(str(v)))
+    out.index = [latex_escape(str(i)) for i in table.index]
+    out.index.name = table.index.name
+    out.columns = [latex_escape(str(c)) for c in table.columns]
+    return out
+
+
+def write_selection(
+    selection: pd.DataFrame,
+    output: str | Path,
+    *,
+    confidence: float = 0.95,
+    digits: int = 2,
+) -> tuple[list[Path], list[SelectionReport]]:
+    """Write ``model_selection.md`` and ``model_selection.tex`` (next to ``model_selection.csv``).
+
+    Per dataset x arch: the run-selection table over all runs, one per method (when there are
+    several), and the checkpoint-selection table; then the directions used.
+
+    Args:
+        selection: The table of :func:`labelfree.analysis.select.model_selection`.
+        output: The analysis folder.
+        confidence: For the captions.
+        digits: Decimals of the rank correlations.
+
+    Returns:
+        The two paths, and the main tables (all runs + checkpoints) per dataset x arch.
+    """
+    output = Path(output)
+    markdown = ["# Label-free model selection", ""]
+    latex: list[str] = []
+    reports: list[SelectionReport] = []
+    combos = selection[["dataset", "arch"]].drop_duplicates().sort_values(["dataset", "arch"])
+    for dataset, arch in combos.itertuples(index=False):
+        part = _select(selection, dataset=dataset, arch=arch)
+        runs_part = part[part["kind"] == "run"]
+        target = metric_label(part["target"].iloc[0])
+        main: list[str] = []
+        methods = [m for m in runs_part["method"].unique() if m != ALL]
+        for method in [ALL, *sorted(methods)]:
+            table = run_selection_table(part, dataset=dataset, arch=arch, method=method)
+            if table.empty:
+                continue
+            n_runs = int(_select(runs_part, method=method)["n_runs"].max())
+            who = "all runs" if method == ALL else f"the {method} runs"
+            caption = (
+                f"Choosing a run by each selector: {who} of {dataset} / {arch} ({n_runs}), "
+                f"final evaluation. Regret: best {target} among them minus the pick's; random "
+                f"pick: best minus mean. Rank correlations across runs, [{confidence:.0%} "
+                "bootstrap CI over runs]."
+            )
+            text = to_markdown(table, caption=caption)
+            title = f"### Choosing a run: {who} ({dataset} / {arch})"
+            markdown += [title, "", text, ""]
+            label = "tab:" + slug("selection", dataset, arch, method)
+            latex.append(to_latex(_latex_table(table), caption=caption, label=label))
+            if method == ALL:
+                main += [title, "", text, ""]
+        table = checkpoint_selection_table(part, dataset=dataset, arch=arch)
+        if not table.empty:
+            caption = (
+                f"Choosing a checkpoint within each run of {dataset} / {arch}: the evaluated "
+                f"epoch with the best selector value; regret: the run's best {target} over its "
+                "evaluated epochs minus the picked epoch's, mean over the runs of each set (run "
+                "count in brackets). Baselines: a random epoch (expected), the last epoch."
+            )
+            text = to_markdown(table, caption=caption)
+            title = f"### Choosing a checkpoint ({dataset} / {arch})"
+            markdown += [title, "", text, ""]
+            main += [title, "", text, ""]
+            label = "tab:" + slug("checkpoint-selection", dataset, arch)
+            latex.append(to_latex(_latex_table(table), caption=caption, label=label))
+        reports.append(SelectionReport(dataset=dataset, arch=arch, markdown="\n".join(main)))
+    directions = direction_table(list(selection["selector"].unique()))
+    markdown += [
+        '### Direction of "better"',
+        "",
+        to_markdown(directions, caption="none: no monotone direction, so nothing is picked."),
+        "",
+    ]
+    md_path, tex_path = output / "model_selection.md", output / "model_selection.tex"
+    md_path.write_text("\n".join(markdown), encoding="utf-8")
+    tex_path.write_text("\n".join(latex), encoding="utf-8")
+    log.info("Wrote %s and %s", md_path, tex_path)
+    return [md_path, tex_path], reports

@@ -114,6 +114,27 @@ def _get(config: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+def plain_config(config: Mapping[str, Any]) -> dict:
+    """A W&B run's config as ``run.json`` saves it.
+
+    ``{"value": v}`` wrappers (the public API's form) are unwrapped and W&B's own ``_*`` keys
+    dropped.
+
+    Examples:
+        >>> plain_config({"_wandb": {"value": {}}, "method": {"value": {"temperature": 0.2}}})
+        {'method': {'temperature': 0.2}}
+    """
+
+    def unwrap(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            if set(node) == {"value"}:
+                return unwrap(node["value"])
+            return {k: unwrap(v) for k, v in node.items() if not str(k).startswith("_")}
+        return node
+
+    return unwrap(config)
+
+
 def run_info(
     config: Mapping[str, Any], summary: Mapping[str, Any], *, state: str, name: str
 ) -> dict:
@@ -154,6 +175,7 @@ def collect_wandb(
 
     rows: list[dict] = []
     issues: list[dict] = []
+    configs: dict[str, dict] = {}
     n_found = 0
     for entry in entries:
         path, group = parse_source(entry)
@@ -200,12 +222,16 @@ def collect_wandb(
                 "epochs": info["epochs"],
             }
             rows.extend({**identity, **record} for record in records)
+            configs[where] = plain_config(dict(run.config))
     keys = order_keys(k for row in rows for k in row if k not in RUN_COLUMNS)
     runs_frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *keys])
     if len(runs_frame):
         runs_frame["epoch"] = runs_frame["epoch"].astype(int)
     return Collection(
-        runs=runs_frame, issues=pd.DataFrame(issues, columns=list(ISSUE_COLUMNS)), n_found=n_found
+        runs=runs_frame,
+        issues=pd.DataFrame(issues, columns=list(ISSUE_COLUMNS)),
+        n_found=n_found,
+        configs=configs,
     )
 
 
@@ -218,4 +244,6 @@ def merge_collections(*collections: Collection | None) -> Collection:
         runs=runs[[*RUN_COLUMNS, *keys]],
         issues=pd.concat([c.issues for c in present], ignore_index=True),
         n_found=sum(c.n_found for c in present),
+        configs={k: v for c in present for k, v in c.configs.items()},
+        overrides={k: v for c in present for k, v in c.overrides.items()},
     )
