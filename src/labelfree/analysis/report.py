@@ -632,7 +632,11 @@ def _latex_table(table: pd.DataFrame) -> pd.DataFrame:
     out = table.map(lambda v: latex_escape(str(v)))
     out.index = [latex_escape(str(i)) for i in table.index]
     out.index.name = table.index.name
-    out.columns = [latex_escape(str(c)) for c in table.columns]
+    greek = {"τ": r"$\tau$", "ρ\\_s": r"$\rho_s$"}  # after escaping, ρ_s reads ρ\_s
+    columns = [latex_escape(str(c)) for c in table.columns]
+    for letter, tex in greek.items():
+        columns = [c.replace(letter, tex) for c in columns]
+    out.columns = columns
     return out
 
 
