@@ -16,6 +16,7 @@ EXPERIMENTS = [
     "cifar10_gpu",
     "cross_arch",
     "demo",
+    "hparams_cpu",
     "paper_cifar10",
     "paper_cifar100",
 ]
@@ -127,6 +128,31 @@ def test_cross_arch_varies_the_architecture_with_one_method(plans):
     assert len(archs) >= 3
     assert {"small_cnn", "resnet18_cifar", "vit_tiny"} <= archs
     assert methods == {"simclr"}
+
+
+def test_hparams_sweep_crosses_two_keys_with_two_methods_and_two_seeds(compose_train, plans):
+    plan = plans[1]["hparams_cpu"]
+    assert plan.sweep_keys == {
+        "method": "simclr,byol",
+        "method.optimizer.lr": "0.03,0.3",
+        "data.augment.min_scale": "0.08,0.5",
+        "seed": "0,1",
+    }
+    assert len(plan.jobs) == 16
+    assert {d.name.split("-")[3] for d in plan.run_dirs} == {"simclr", "byol"}
+    names = {d.name for d in plan.run_dirs}
+    assert (
+        "cifar10-jpeg-small_cnn-byol-s1-data.augment.min_scale=0.5,method.optimizer.lr=0.03"
+        in names
+    )
+    cfg = compose_train("experiment=hparams_cpu", "method=byol", "method.optimizer.lr=0.03")
+    assert (cfg.data.loader, cfg.arch.name, cfg.metrics.name) == (
+        "imagefolder",
+        "small_cnn",
+        "full",
+    )
+    assert cfg.method.optimizer.lr == 0.03
+    assert eval_epochs(cfg.eval.schedule, cfg.trainer.epochs) == list(range(11))
 
 
 def test_command_line_sweep_values_replace_the_experiments(tmp_path):
