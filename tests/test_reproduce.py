@@ -40,7 +40,11 @@ def test_arguments_are_split_between_sweep_analysis_and_own_keys():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["experiment=nope"], "Unknown experiment 'nope'. Choose one of: cifar10_cpu, cross_arch"),
+        (
+            ["experiment=nope"],
+            "Unknown experiment 'nope'. Choose one of: cifar10_cpu, cifar10_gpu, cross_arch, demo, "
+            "hparams_cpu, paper_cifar10, paper_cifar100 (files of conf/experiment/).",
+        ),
         (["--cfg"], "is not key=value"),
         (["train=maybe"], "train=maybe is not a boolean"),
     ],
