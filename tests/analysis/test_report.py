@@ -6,14 +6,17 @@ from labelfree.analysis.collect import collect_runs
 from labelfree.analysis.correlate import cross_run_correlations, within_run_correlations
 from labelfree.analysis.labels import latex_escape, metric_label, order_metrics
 from labelfree.analysis.report import (
+    checkpoint_selection_table,
     cross_run_table,
     format_cell,
     paper_table,
+    run_selection_table,
     to_latex,
     to_markdown,
     write_summary,
     write_tables,
 )
+from labelfree.analysis.select import model_selection
 
 TARGET = "sup/linear_probe_acc"
 METRICS = ["lf/entropy", "lf/kmeans_agreement", "lf/silhouette", "sup/kmeans_gt_ami"]
@@ -161,3 +164,33 @@ def test_write_tables_and_summary(correlations, tmp_path):
     assert "[figures/a.png](figures/a.png)" in text
     assert tables[0].markdown in text
     assert "- note one" in text
+
+
+def test_selection_baselines_count_every_candidate():
+    """The random-pick and oracle rows come from the selector with the most candidates, not
+    from the first one (here S1, which has no value at the best run or the best epoch)."""
+    rows = []
+    finals = {"r0": 0.5, "r1": 0.6, "r2": 0.7}
+    for seed, (run, final) in enumerate(finals.items()):
+        for epoch, acc in enumerate([0.3, final]):
+            rows.append(
+                {
+                    "run_dir": f"/runs/{run}", "name": run, "dataset": "digits",
+                    "arch": "small_cnn", "method": "simclr", "seed": seed,
+                    "status": "completed", "epochs": 1, "epoch": epoch,
+                    "lf/silhouette": np.nan if run == "r2" or epoch == 1 else 0.1 * seed,
+                    "lf/uniformity": acc, "sup/linear_probe_acc": acc,
+                }
+            )  # fmt: skip
+    selection = model_selection(
+        pd.DataFrame(rows), selectors=["lf/silhouette", "lf/uniformity"], n_resamples=20
+    )
+    runs = run_selection_table(selection, dataset="digits", arch="small_cnn")
+    # every run: best 70.0, mean (50 + 60 + 70) / 3 = 60.0 (S1's own runs would give 60, 55)
+    assert runs.loc["random pick (expected)"].tolist()[2:4] == ["60.0", "10.0"]
+    assert runs.loc["best run (oracle)"].tolist()[1:4] == ["simclr, s2", "70.0", "0.0"]
+    assert runs.loc["Uniformity"].tolist()[1:4] == ["simclr, s0", "50.0", "20.0"]
+    checkpoints = checkpoint_selection_table(selection, dataset="digits", arch="small_cnn")
+    # random epoch: mean over runs of (final - 0.3) / 2 = (0.1 + 0.15 + 0.2) / 3 = 0.15
+    assert checkpoints.loc["random epoch (expected)"].tolist()[2] == "15.0"
+    assert checkpoints.loc["last epoch"].tolist()[2] == "0.0"

@@ -552,7 +552,9 @@ def run_selection_table(
             _with_ci(row, "kendall", digits),
             _with_ci(row, "spearman", digits),
         ]
-    first = part.iloc[0]
+    # the baselines of the selector with the most candidates: all runs unless every selector
+    # lacks a value somewhere (each selector's own baseline is in model_selection.csv)
+    first = part.loc[part["n_points"].astype(int).idxmax()]
     mean_target = first["oracle_target"] - first["random_regret"]
     table.loc["random pick (expected)"] = [
         "",
@@ -604,7 +606,7 @@ def checkpoint_selection_table(selection: pd.DataFrame, *, dataset: str, arch: s
             value = by_scope[scope].loc[selector, "regret"] if picked else np.nan
             cells.append(_scaled(value, scale, 1))
         table.loc[metric_label(selector)] = cells
-    first = {s: by_scope[s].iloc[0] for s in scopes}
+    first = {s: by_scope[s].loc[by_scope[s]["n_points"].astype(int).idxmax()] for s in scopes}
     table.loc["random epoch (expected)"] = ["", ""] + [
         _scaled(first[s]["random_regret"], scale, 1) for s in scopes
     ]
