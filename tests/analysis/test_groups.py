@@ -14,6 +14,7 @@ from labelfree.analysis.groups import (
     check_group_keys,
     config_table,
     flatten_config,
+    group_frames,
     group_label,
     swept_keys,
 )
@@ -82,6 +83,26 @@ def test_two_swept_keys():
         for s in (0, 1)
     ]
     assert swept_keys(table(runs)) == ["method.optimizer.lr", "method.temperature"]
+
+
+def test_two_swept_keys_give_one_group_per_combination_seeds_inside():
+    runs = [
+        ("simclr", config(seed=s, method__temperature=t, method__optimizer__lr=lr))
+        for t in (0.5, 0.2)
+        for lr in (0.3, 0.03)
+        for s in (0, 1)
+    ]
+    configs = table(runs)
+    keys = swept_keys(configs)
+    tidy = add_group_columns(configs[["run_dir", "method", "seed"]], configs, keys, after="seed")
+    groups = group_frames(tidy, keys)
+    assert [label for label, _, _ in groups] == [  # natural order of the values
+        "simclr, method.optimizer.lr=0.03, method.temperature=0.2",
+        "simclr, method.optimizer.lr=0.03, method.temperature=0.5",
+        "simclr, method.optimizer.lr=0.3, method.temperature=0.2",
+        "simclr, method.optimizer.lr=0.3, method.temperature=0.5",
+    ]
+    assert [sorted(rows["seed"]) for _, _, rows in groups] == [[0, 1]] * 4
 
 
 def test_runs_that_differ_only_by_seed_are_one_group():

@@ -209,15 +209,24 @@ def test_model_selection_has_both_kinds_and_checks_its_input():
     assert selector_columns(curve_table()) == ["lf/silhouette"]
 
 
-def test_every_metric_of_the_suite_has_a_direction():
-    keys = [metric_key(name) for name in ALL_METRICS] + ["lf/lidar", "lf/l2_std"]
+def test_every_metric_of_the_suite_has_a_direction(compose_train):
+    keys = [metric_key(name) for name in ALL_METRICS]  # what compute_metrics can return
+    assert {"lf/l2_std", "lf/lidar"} <= set(keys)
     missing = [k for k in keys if k not in DIRECTIONS]
     assert not missing, f"add a direction of 'better' to select.DIRECTIONS for {missing}"
+    stale = sorted(set(DIRECTIONS) - set(keys))
+    assert not stale, f"select.DIRECTIONS lists keys no metric of the suite computes: {stale}"
+    # metrics=full, the shipped "every metric" config, computes exactly the registry's metrics
+    assert sorted(compose_train("metrics=full").metrics.compute) == sorted(ALL_METRICS)
     assert all(d.better in ("higher", "lower", "none") and d.reason for d in DIRECTIONS.values())
-    # the entries the issue decides: the paper's entropy and alpha-ReQ are not monotone
-    assert direction_of("lf/entropy") == direction_of("lf/alpha_req") == "none"
+    # the entries the issue decides: entropy and alpha-ReQ have no monotone direction
+    assert {k for k, d in DIRECTIONS.items() if d.better == "none"} == {
+        "lf/entropy",
+        "lf/alpha_req",
+    }
     assert direction_of("lf/uniformity") == "lower"
     assert direction_of("lf/l2_std") == direction_of("lf/lidar") == "higher"
+    assert direction_of("sup/fewshot_probe_acc") == "higher"
     assert direction_of("lf/not_a_metric") == "none"
 
 

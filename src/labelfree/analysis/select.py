@@ -66,8 +66,8 @@ class Direction(NamedTuple):
     reason: str
 
 
-#: Direction of "better" of every metric the suite computes (``labelfree.metrics.ALL_METRICS``,
-#: plus ``lidar`` and ``l2_std``), each checked against its reference. ``none``: no monotone
+#: Direction of "better" of every metric the suite computes (the record key of each name in
+#: ``labelfree.metrics.ALL_METRICS``), each checked against its reference. ``none``: no monotone
 #: direction, so the key is not used to pick (its rank correlations are still reported).
 DIRECTIONS: dict[str, Direction] = {
     # Rousseeuw 1987: S -> 1 for compact, well separated clusters. Xu et al. 2024 find S1 rising
