@@ -10,6 +10,16 @@ from labelfree.analysis.wandb_source import collect_wandb, parse_source
 from labelfree.analyze import analyze
 
 
+@pytest.fixture(autouse=True)
+def _fresh_wandb_settings():
+    """wandb keeps the settings of its first use in the process (here: online, no key) for every
+    later run; tear them down so the offline runs of later tests start from the environment."""
+    yield
+    import wandb
+
+    wandb.teardown()
+
+
 def test_wandb_source_needs_a_key_and_says_so(monkeypatch, tmp_path):
     for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
