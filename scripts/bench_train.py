@@ -1,8 +1,9 @@
 """Training throughput: labelfree's loop against the usual PIL-in-workers recipe, same device.
 
 SimCLR with ResNet-18 (CIFAR stem; --arch for another) at batch 512 on 32x32 images (CIFAR-10
-JPEGs from the archive, or random images with --synthetic). Variants (--variants, default all
-that run on the device), each on a fresh model with the same seed:
+JPEGs from the archive or from --root, the folder it was extracted into, or random images with
+--synthetic). Variants (--variants, default all that run on the device), each on a fresh model
+with the same seed:
 
   ref-fp32       lightly SimCLRTransform on PIL images in DataLoader workers, fp32, NCHW
   ref-bf16-cl    the same with bf16 autocast and channels_last (the usual recipe, tuned)
@@ -247,7 +248,8 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--archive", help="cifar10-jpeg.tar.gz (else --synthetic)")
+    p.add_argument("--archive", help="cifar10-jpeg.tar.gz (else --root or --synthetic)")
+    p.add_argument("--root", help="an extracted archive: the folder holding train/ and test/")
     p.add_argument("--synthetic", action="store_true", help="random 32x32 images instead of CIFAR")
     p.add_argument("--arch", default="resnet18_cifar", help="conf/arch option")
     p.add_argument(
@@ -294,8 +296,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
 
-    root = None
-    if args.archive:
+    root = args.root
+    if args.archive and not root:
         from labelfree.data import extract_archive
 
         root = str(
