@@ -330,6 +330,65 @@ def test_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path, caplog)
         assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
 
 
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold_lock(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the flock on ``path`` for ``seconds`` (without naming itself)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_is_held_probes_the_lock_without_writing(tmp_path):
+    """A reader (the sweep summary) tells a live run from a dead one by its lock: no file, no
+    holder; a holder in another process, held; the probe changes no file and leaves it free."""
+    assert not RunLock.is_held(tmp_path)
+    assert not (tmp_path / "run.lock").exists()  # nothing created
+    lock = tmp_path / "run.lock"
+    holder = _hold_lock(lock, 30)
+    try:
+        before = lock.stat()
+        assert RunLock.is_held(tmp_path)
+        assert (lock.stat().st_mtime_ns, lock.stat().st_size) == (before.st_mtime_ns, 0)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not RunLock.is_held(tmp_path)  # the kernel freed the lock of the dead process
+    with RunLock(tmp_path):  # and the probe left it free
+        assert RunLock.is_held(tmp_path)
+
+
+def test_acquire_waits_out_a_holder_that_has_not_named_itself(tmp_path):
+    """A lock held for a moment by someone who writes no name (a probing reader) is waited for,
+    up to RunLock.UNNAMED_HOLDER_WAIT_S; a named holder is refused at once (test above)."""
+    holder = _hold_lock(tmp_path / "run.lock", 0.3)
+    try:
+        with RunLock(tmp_path):
+            assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    finally:
+        holder.wait()
+    holder = _hold_lock(tmp_path / "run.lock", 30)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="being trained by another process"):
+            RunLock(tmp_path).acquire()
+        assert time.monotonic() - t0 >= RunLock.UNNAMED_HOLDER_WAIT_S
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.mark.slow
 def test_second_process_on_a_running_run_exits_naming_the_holder(cli, tmp_path, tiny_overrides):
     run = tmp_path / "run"

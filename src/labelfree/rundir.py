@@ -279,9 +279,35 @@ class RunLock:
     a non-empty file found free is the trace of a holder that died, reported as a warning.
     """
 
+    #: How long :meth:`acquire` retries a lock whose holder has not said who it is: a reader
+    #: probing it (:meth:`is_held`) for a moment, or a holder that is about to write its name.
+    UNNAMED_HOLDER_WAIT_S = 1.0
+
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
+
+    @staticmethod
+    def is_held(run_dir: str | Path) -> bool:
+        """Whether a live process holds the lock of ``run_dir`` (writes nothing, creates nothing).
+
+        The lock is taken for an instant on a read-only descriptor and released at once; a run
+        without ``run.lock`` has no holder. Reliable on local disks; on a network file system
+        only where it passes ``flock`` between hosts (NFSv4; Lustre mounted with ``flock``).
+        """
+        import fcntl
+
+        try:
+            fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # releases the probe's lock, if it got it
+        return False
 
     def acquire(self) -> None:
         """Take the lock without waiting (creates an empty ``run.lock`` if there is none).
@@ -293,15 +319,21 @@ class RunLock:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe(self._read(fd))
-            os.close(fd)
-            raise RunLocked(
-                f"{self.path.parent} is being trained by {holder}: wait for it to finish, stop "
-                f"it, or train elsewhere (hydra.run.dir=...)."
-            ) from None
+        deadline = time.monotonic() + self.UNNAMED_HOLDER_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = self._read(fd)
+                if not holder and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                raise RunLocked(
+                    f"{self.path.parent} is being trained by {_describe(holder)}: wait for it to "
+                    f"finish, stop it, or train elsewhere (hydra.run.dir=...)."
+                ) from None
         self._fd = fd
         stale = self._read(fd)
         if stale:

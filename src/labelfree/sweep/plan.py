@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from labelfree.rundir import RunDir
-from labelfree.sweep.summary import job_reports
+from labelfree.sweep.summary import job_reports, run_status
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,9 @@ def read_statuses(plan: SweepPlan, *, since: float | None = None) -> list[RunSta
         report = reports.get(os.path.abspath(run_dir))
         if report is not None:
             info = {**info, "status": report["status"], "error": report.get("error")}
+        elif "status" in info:
+            status, error = run_status(run_dir, info["status"], info.get("error"))
+            info = {**info, "status": status, "error": error}
         statuses.append(
             RunStatus(
                 name=run_dir.name,

@@ -9,7 +9,9 @@ the summary reads those reports and each run directory's ``run.json`` (last fini
 
 A job that dies without returning (killed for memory, node failure, ``scancel``) makes submitit's
 result collection raise in the launcher before ``on_multirun_end``; the other jobs run on. Write
-the summary afterwards with ``python -m labelfree.sweep.summary SWEEP_DIR``.
+the summary afterwards with ``python -m labelfree.sweep.summary SWEEP_DIR``: such a job's
+``run.json`` still says ``running``, and as no process holds its lock (:class:`RunLock`), the
+summary calls it ``killed``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from labelfree.rundir import RunDir, write_atomic, write_json_atomic
+from labelfree.rundir import RunDir, RunLock, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,24 @@ SUMMARY_NAME = "sweep_summary"
 #: Folder of the sweep directory where each job reports how it ended.
 REPORTS_DIR = ".jobs"
 _CLOCK_SLACK_S = 5.0  # file times on shared file systems may lag the launcher's clock a little
+#: Summary status of a run whose ``run.json`` says ``running`` while no process holds its lock.
+KILLED = "killed"
+KILLED_ERROR = (
+    "run.json says running but no process holds its lock: cancelled, killed or lost with its node"
+)
+
+
+def run_status(run_dir: str | Path, status: str, error: str | None) -> tuple[str, str | None]:
+    """A run's ``(status, error)`` as a summary reports it: ``running`` is checked.
+
+    ``run.json`` says ``running`` from the start of training until the process that trains
+    records how it stopped; a process that was killed outright (``scancel``, out of memory, a
+    lost node) records nothing. Its lock tells them apart: held by a live process, the run is
+    running; free, it is ``killed`` (:data:`KILLED`), with :data:`KILLED_ERROR` as the error.
+    """
+    if status == "running" and not RunLock.is_held(run_dir):
+        return KILLED, error or KILLED_ERROR
+    return status, error
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -90,7 +110,8 @@ def summarize_sweep(sweep_dir: str | Path, *, since: float | None = None) -> dic
     Returns:
         ``{"sweep_dir", "n_jobs", "counts": {status: n}, "jobs": [...], "not_completed": [...]}``;
         each job has ``run_dir``, ``name``, ``status`` (``completed``, ``diverged``, ``failed``,
-        ``interrupted``, ``running``: killed, or ``unknown``: no ``run.json``), ``error``,
+        ``interrupted``, ``running``: its process holds the run's lock, ``killed``: run.json says
+        running but no process holds the lock, or ``unknown``: no ``run.json``), ``error``,
         ``last_epoch``, ``epochs`` and ``overrides``.
     """
     sweep_dir = Path(sweep_dir)
@@ -118,12 +139,18 @@ def summarize_sweep(sweep_dir: str | Path, *, since: float | None = None) -> dic
             if overrides_file.exists()
             else status.get("overrides")
         )
+        if report:
+            outcome, error = report["status"], report.get("error")
+        else:
+            outcome, error = run_status(
+                job_dir, status.get("status", "unknown"), status.get("error")
+            )
         jobs.append(
             {
                 "run_dir": key,
                 "name": status.get("name") or job_dir.name,
-                "status": report["status"] if report else status.get("status", "unknown"),
-                "error": report.get("error") if report else status.get("error"),
+                "status": outcome,
+                "error": error,
                 "last_epoch": status.get("last_epoch"),
                 "epochs": status.get("epochs"),
                 "overrides": overrides or [],
@@ -210,6 +237,10 @@ class SweepSummary(Callback):
         when it stopped; the report is written beside the run directories, never into one.
         """
         if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        # Every task of a multi-task (DDP) job runs this; rank 0's outcome is the run's. RANK is
+        # exported once the job's processes know their ranks, SLURM_PROCID by srun before that.
+        if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) != "0":
             return
         result = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
         result = result if isinstance(result, dict) else {}
