@@ -10,13 +10,14 @@ W&B run id, so that a resumed run reopens its W&B run). Loggers never write ``ru
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import netrc
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -145,6 +146,10 @@ class WandbLogger:
     offline under ``<dir>/wandb/offline-run-*`` and the log says how to upload it
     (``wandb sync``). wandb is imported only when this logger is chosen (``logger=wandb``).
 
+    Being a mirror, it never stops the run: if W&B fails while logging (its service process
+    ``wandb-core`` gone, e.g. killed by the SIGTERM SLURM sends a job it cancels or preempts),
+    one warning is logged and the rest of this launch is not mirrored; ``finish`` never raises.
+
     Args:
         run_dir: the run directory (the default place of ``wandb/``).
         config: the resolved run config, logged as the W&B config with secret-like keys redacted
@@ -222,6 +227,8 @@ class WandbLogger:
         for pattern in patterns:  # every record key is plotted against the epoch
             self.run.define_metric(pattern, step_metric="epoch")
         self.status_fields = {"wandb_id": run_id, "wandb_project": project, "wandb_mode": mode}
+        self._wandb = wandb
+        self._closed = False  # finished, or broken: nothing more is sent
         if mode == "offline":
             log.info(
                 "W&B is offline (%s): run %s is saved in %s; upload it with `wandb sync %s`",
@@ -235,24 +242,62 @@ class WandbLogger:
 
     def log_record(self, record: Mapping[str, Any]) -> None:
         """Log one evaluation record against its epoch (``train/loss`` comes from log_train)."""
-        self.run.log({k: v for k, v in record.items() if v is not None and k != LOSS_KEY})
+        values = {k: v for k, v in record.items() if v is not None and k != LOSS_KEY}
+        self._send(f"the record of epoch {record.get('epoch')}", lambda: self.run.log(values))
 
     def log_train(self, values: Mapping[str, Any], *, step: int) -> None:
         """Log the epoch's training scalars (``train/loss``, ``epoch``) and the optimizer step."""
-        self.run.log({**values, "step": step})
+        what = f"the loss of epoch {values.get('epoch')}"
+        self._send(what, lambda: self.run.log({**values, "step": step}))
 
     def finish(self, status: str) -> None:
-        """Close the W&B run; ``status`` goes to its summary.
+        """Close the W&B run (once; later calls do nothing); ``status`` goes to its summary.
 
         A run ``interrupted`` (Ctrl-C, a preemption or time-limit requeue) or still ``running``
         is marked preempting: it will be resumed under the same id. These and ``failed`` end
-        with exit code 1; ``completed`` and ``diverged`` (a finished experiment) with 0.
+        with exit code 1; ``completed`` and ``diverged`` (a finished experiment) with 0. A
+        failure to close is logged as a warning, never raised.
         """
-        self.run.summary["status"] = status
-        if status in ("running", "interrupted"):
-            self.run.mark_preempting()
-        unfinished = status in ("running", "interrupted", "failed")
-        self.run.finish(exit_code=1 if unfinished else 0)
+        if self._closed:
+            return
+        self._closed = True
+
+        def close() -> None:
+            self.run.summary["status"] = status
+            if status in ("running", "interrupted"):
+                self.run.mark_preempting()
+            unfinished = status in ("running", "interrupted", "failed")
+            self.run.finish(exit_code=1 if unfinished else 0)
+            if status == "interrupted":
+                # The process is about to end (a requeue, Ctrl-C): stop W&B's service too, so
+                # that SLURM's SIGTERM finds none to kill (its exit hook would print a traceback).
+                self._wandb.teardown()
+
+        self._call(f"closing the run ({status})", close)
+
+    def _send(self, what: str, call: Callable[[], None]) -> None:
+        if not self._closed:
+            self._closed = not self._call(what, call)
+
+    def _call(self, what: str, call: Callable[[], None]) -> bool:
+        """Run one W&B call; on failure warn (once per launch) and return False."""
+        try:
+            call()
+        except Exception as err:  # W&B mirrors metrics.jsonl: its failure must not stop the run
+            log.warning(
+                "W&B failed at %s (%s: %s), its service process is probably gone (a SIGTERM "
+                "from SLURM?); W&B run %s is not updated further by this launch; metrics.jsonl "
+                "holds every record.",
+                what,
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+                self.status_fields["wandb_id"],
+            )
+            # Drop the dead connection now: wandb's exit hook would print its traceback later.
+            with contextlib.suppress(Exception):
+                self._wandb.teardown()
+            return False
+        return True
 
 
 LOGGERS: dict[str, type] = {"csv": CSVLogger, "wandb": WandbLogger}
