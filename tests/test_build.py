@@ -1,6 +1,10 @@
-"""build: the view-path rule behind trainer.augmentation=auto, workers, compile, config checks."""
+"""build: the view-path rule behind trainer.augmentation=auto, workers, CPU threads, compile,
+config checks."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -45,6 +49,16 @@ def test_auto_workers_leave_a_core_to_training_and_share_a_node(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 ranks share the node's 16 cores
     assert cpus_per_process() == 4
     assert resolve_num_workers("auto") == 3
+
+
+def test_a_slurm_task_gets_at_most_its_cpus_per_task(monkeypatch):
+    monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: set(range(16)))
+    # task/none (no binding): the task sees the node's 16 cores, it was given 2
+    assert cpus_per_process({"SLURM_CPUS_PER_TASK": "2", "LOCAL_WORLD_SIZE": "2"}) == 2
+    monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    # task/affinity: the mask already is the task's; LOCAL_WORLD_SIZE does not divide it again
+    assert cpus_per_process({"SLURM_CPUS_PER_TASK": "4", "LOCAL_WORLD_SIZE": "2"}) == 4
+    assert cpus_per_process({"SLURM_CPUS_PER_TASK": "8"}) == 4  # never more than the mask
 
 
 def test_auto_keeps_the_view_path_of_a_saved_run():
@@ -163,3 +177,38 @@ def test_cuda_runs_with_cuda_graphs_and_with_auto(compose_train, tiny_overrides,
     auto = train(compose_train(*tiny_overrides), tmp_path / "auto")
     expected = choose_augmentation("cuda", workers=resolve_num_workers("auto"))
     assert auto["config"]["trainer"]["augmentation"] == expected
+
+
+# One fresh process (thread pools are per process), the cases that change nothing first.
+THREADS = """
+import json, os, torch
+from threadpoolctl import threadpool_info
+from labelfree.build import limit_cpu_threads
+
+def state(returned):
+    pools = sorted({p["num_threads"] for p in threadpool_info()})
+    return {"returned": returned, "torch": torch.get_num_threads(), "pools": pools}
+
+print(json.dumps({
+    "outside": state(limit_cpu_threads({})),
+    "user's choice": state(limit_cpu_threads({"SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": "2"})),
+    "slurm": state(limit_cpu_threads({"SLURM_CPUS_PER_TASK": "1"})),
+}))
+"""
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs 2 cores to tell 1 thread from all")
+def test_a_slurm_task_uses_the_threads_of_its_allocation():
+    """SLURM_CPUS_PER_TASK=1 on a machine with more cores: PyTorch, OpenMP and BLAS use 1
+    thread; with OMP_NUM_THREADS set (the user's choice), or outside SLURM, nothing changes."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", THREADS], env=env, capture_output=True, text=True, check=True
+    )
+    cases = json.loads(out.stdout.splitlines()[-1])
+    cores = os.cpu_count()
+    assert cases["outside"] == {"returned": cores, "torch": cores, "pools": [cores]}
+    assert cases["user's choice"] == cases["outside"]
+    assert cases["slurm"] == {"returned": 1, "torch": 1, "pools": [1]}

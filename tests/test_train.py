@@ -153,3 +153,15 @@ def test_cfg_job_prints_composed_config(cli, tmp_path):
     assert "name: byol" in proc.stdout
     assert "schedule:" in proc.stdout
     assert "kmeans:" in proc.stdout
+
+
+def test_slurm_job_names_the_job_as_squeue_does():
+    from labelfree.train import slurm_job
+
+    assert slurm_job({}) == {"slurm_job_id": None, "slurm_restart_count": None}
+    array = {"SLURM_JOB_ID": "57", "SLURM_ARRAY_JOB_ID": "55", "SLURM_ARRAY_TASK_ID": "2"}
+    assert slurm_job({**array, "SLURM_RESTART_COUNT": "1"}) == {
+        "slurm_job_id": "55_2",
+        "slurm_restart_count": 1,
+    }
+    assert slurm_job({"SLURM_JOB_ID": "9"}) == {"slurm_job_id": "9", "slurm_restart_count": 0}

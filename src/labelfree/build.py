@@ -111,17 +111,23 @@ def choose_augmentation(device_type: str, *, workers: int) -> str:
     return "lightly" if device_type == "cuda" and workers >= LIGHTLY_MIN_WORKERS else "batched"
 
 
-def cpus_per_process() -> int:
+def cpus_per_process(environ: Mapping[str, str] = os.environ) -> int:
     """CPU cores this training process may use: its affinity mask, shared by the node's ranks.
 
     Under torchrun every rank of a node sees all its cores, so they are divided by
-    ``LOCAL_WORLD_SIZE``; a SLURM task sees its own ``cpus_per_task`` already.
+    ``LOCAL_WORLD_SIZE``. A SLURM task (``SLURM_CPUS_PER_TASK`` set) gets at most its
+    ``cpus_per_task``: clusters that bind tasks to cores (``task/affinity``, ``task/cgroup``)
+    show it only those in its mask, but one without binding (``task/none``, as in
+    scripts/slurm_cluster.sh) shows it every core of the node.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity masks (macOS)
         cores = os.cpu_count() or 1
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) >= 1:
+        return min(cores, int(slurm))
+    return max(1, cores // max(1, int(environ.get("LOCAL_WORLD_SIZE", 1))))
 
 
 def resolve_num_workers(spec: int | str, *, cores: int | None = None) -> int:
@@ -184,6 +190,32 @@ def compile_model(model: SSLMethod) -> None:
     for child in model.children():
         if any(True for _ in child.parameters()):
             child.compile()
+
+
+def limit_cpu_threads(environ: Mapping[str, str] = os.environ) -> int:
+    """Under SLURM, use as many CPU threads as the task has cores; returns PyTorch's thread count.
+
+    PyTorch, OpenMP and BLAS start one thread per core of the machine, not of the allocation:
+    a 1-CPU SLURM task on a 64-core node would run 64 threads on its one core. When
+    ``SLURM_CPUS_PER_TASK`` is set and ``OMP_NUM_THREADS`` is not (the user's choice wins),
+    PyTorch (``torch.set_num_threads``) and the OpenMP and BLAS pools of numpy, scipy and
+    scikit-learn (threadpoolctl) are limited to :func:`cpus_per_process` threads. Outside SLURM
+    nothing changes (torchrun sets ``OMP_NUM_THREADS`` itself).
+    """
+    if "OMP_NUM_THREADS" in environ or "SLURM_CPUS_PER_TASK" not in environ:
+        return torch.get_num_threads()
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    threads = cpus_per_process(environ)
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)  # called, not entered: the limit stays for the process
+    log.info(
+        "SLURM_CPUS_PER_TASK=%s: PyTorch, OpenMP and BLAS use %d thread(s) (set OMP_NUM_THREADS "
+        "to choose another number)",
+        environ["SLURM_CPUS_PER_TASK"],
+        threads,
+    )
+    return torch.get_num_threads()
 
 
 def _is_int(value: object) -> bool:

@@ -36,6 +36,7 @@ from labelfree.build import (
     build_loader,
     build_model,
     compile_model,
+    limit_cpu_threads,
     resolve_augmentation,
     resolve_channels_last,
     resolve_device,
@@ -58,7 +59,7 @@ from labelfree.evaluation import Evaluator, eval_epochs, summary_line, timed_rec
 from labelfree.loggers import NullLogger, build_logger
 from labelfree.loop import Diverged, Trainer, train_epoch
 from labelfree.optim import build_optimizer
-from labelfree.preemption import deferred_preemption
+from labelfree.preemption import before_requeue, deferred_preemption, preemption_signalled
 from labelfree.records import LOSS_KEY
 from labelfree.rundir import (
     ReadOnlyRunDir,
@@ -241,26 +242,49 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     (Ctrl-C: ``interrupted``) and is raised again.
 
     Under torchrun or multi-task submitit jobs every process calls this; they form one DDP run
-    (:mod:`labelfree.distributed`) in which rank 0 holds the lock, evaluates and writes.
+    (:mod:`labelfree.distributed`) in which rank 0 holds the lock, evaluates and writes. When
+    rank 0 leaves for a requeue (submitit's preemption signal), another rank's next collective
+    fails: that rank returns ``{"status": "interrupted", ...}`` quietly instead of raising.
     """
     run_dir = Path(run_dir)
     validate_config(cfg)
     target, _ = target_run_dir(str(cfg.resume), run_dir)
     device = resolve_device(cfg.trainer.device)
-    with distributed_world(cfg.trainer.distributed, device=device) as world:
-        check_world(
-            cfg.trainer.distributed, batch_size=cfg.trainer.batch_size, world_size=world.world_size
+    # (here, not in RunSession: `python -m labelfree.train` makes this module __main__, which
+    # submitit's cloudpickle copies by value, and a method naming torch beside attributes such
+    # as `.distributed` and `.config` drags the unpicklable torch.distributed.config along)
+    threads = limit_cpu_threads()
+    rank = 0
+    try:
+        with distributed_world(cfg.trainer.distributed, device=device) as world:
+            rank = world.rank
+            check_world(
+                cfg.trainer.distributed,
+                batch_size=cfg.trainer.batch_size,
+                world_size=world.world_size,
+            )
+            device = world.device(device)
+            lock = RunLock(target) if world.is_main else None
+            try:
+                if lock is not None:
+                    lock.acquire()
+                prepared = world.agree(lambda: _prepare(cfg, run_dir, world=world, device=device))
+                return RunSession(cfg, prepared, cpu_threads=threads).run()
+            finally:
+                if lock is not None:
+                    lock.release()
+    except RuntimeError as err:
+        if rank == 0 or not preemption_signalled():
+            raise
+        # Rank 0 got the same signal and left to be requeued; the requeued job runs this rank
+        # again. (Returning, not exiting: submitit then has this task's result, which it needs
+        # if rank 0 was not requeued after all, e.g. out of time-limit requeues.)
+        log.info(
+            "Rank %d: rank 0 left after the preemption signal (%s); this rank stops too.",
+            rank,
+            one_line(err)[:120],
         )
-        device = world.device(device)
-        lock = RunLock(target) if world.is_main else None
-        try:
-            if lock is not None:
-                lock.acquire()
-            prepared = world.agree(lambda: _prepare(cfg, run_dir, world=world, device=device))
-            return RunSession(cfg, prepared).run()
-        finally:
-            if lock is not None:
-                lock.release()
+        return {"status": "interrupted", "error": f"rank {rank} stopped with rank 0 (preempted)"}
 
 
 class RunSession:
@@ -270,8 +294,8 @@ class RunSession:
     far) explicitly, so checkpoints, records and ``run.json`` always describe the same moment.
     """
 
-    def __init__(self, cfg: DictConfig, prepared: Prepared):
-        self.cfg, self.prepared = cfg, prepared
+    def __init__(self, cfg: DictConfig, prepared: Prepared, *, cpu_threads: int | None = None):
+        self.cfg, self.prepared, self.cpu_threads = cfg, prepared, cpu_threads
         self.trainer, self.evaluator = prepared.trainer, prepared.evaluator
         self.world = prepared.trainer.world
         path = prepared.plan.run.path
@@ -307,6 +331,34 @@ class RunSession:
                 file_log.close()
 
     def _train(self) -> dict:
+        # submitit requeues on SIGUSR2 with `scontrol requeue`, after which SLURM sends SIGTERM
+        # to every process of the job, W&B's service process included: close the logger first.
+        with before_requeue(self._close_logger_for_requeue):
+            return self._train_epochs()
+
+    def _close_logger_for_requeue(self) -> None:
+        if self.world.is_main:
+            log.info("Preemption signal: closing the logger before submitit requeues the job")
+            self._finish_logger("interrupted")
+
+    def _finish_logger(self, status: str) -> None:
+        """Close the logger; its failure is a warning (metrics.jsonl is the source of truth).
+
+        It never replaces the exception in flight (submitit's requeue, a failure) nor changes the
+        run's status.
+        """
+        try:
+            self.logger.finish(status)
+        except Exception as err:  # a mirror of metrics.jsonl: its failure must not fail the run
+            log.warning(
+                "The %s logger could not be closed (%s: %s); metrics.jsonl in %s has every record.",
+                type(self.logger).__name__,
+                type(err).__name__,
+                one_line(err),
+                self.rundir.path,
+            )
+
+    def _train_epochs(self) -> dict:
         final = "failed"
         try:
             status = self._start()
@@ -343,7 +395,7 @@ class RunSession:
             self._mark("failed", message if expected else f"{type(err).__name__}: {message}")
             raise
         finally:
-            self.logger.finish(final)
+            self._finish_logger(final)
             log.info(
                 "Run directory: %s (metrics.jsonl: %d records)", self.rundir.path, len(self.records)
             )
@@ -358,6 +410,14 @@ class RunSession:
                 self.prepared.plan.checkpoint,
                 self.epoch,
                 self.step,
+            )
+        slurm = slurm_job()
+        if slurm["slurm_job_id"] is not None:
+            log.info(
+                "SLURM job %s, restart %d, node %s",
+                slurm["slurm_job_id"],
+                slurm["slurm_restart_count"],
+                os.environ.get("SLURMD_NODENAME", socket.gethostname()),
             )
         self.records.update(r["epoch"] for r in self.rundir.keep_records_through(self.epoch))
         previous = self.rundir.read_status()
@@ -389,6 +449,8 @@ class RunSession:
             world_size=world.world_size,
             host=socket.gethostname(),
             pid=os.getpid(),  # of rank 0: a requeued or resumed job records its new process
+            cpu_threads=self.cpu_threads,
+            **slurm,
             config=self.prepared.config,
             **self.logger.status_fields,
         )
@@ -436,6 +498,20 @@ class RunSession:
             log.error(
                 "Could not record status %s in %s: %s", status, self.rundir.run_json_path, err
             )
+
+
+def slurm_job(environ: dict[str, str] | None = None) -> dict:
+    """The SLURM job this process runs in, for ``run.json`` (both values None outside SLURM).
+
+    ``slurm_job_id`` as squeue shows it (``123``, or ``123_4`` in an array) and
+    ``slurm_restart_count``, how often SLURM requeued it (``SLURM_RESTART_COUNT``).
+    """
+    env = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in env:
+        return {"slurm_job_id": None, "slurm_restart_count": None}
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    job_id = f"{array}_{task}" if array and task else env["SLURM_JOB_ID"]
+    return {"slurm_job_id": job_id, "slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", 0))}
 
 
 def record_refused_launch(cfg: DictConfig, run_dir: str | Path, error: BaseException) -> None:
