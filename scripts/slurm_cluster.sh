@@ -180,7 +180,8 @@ EnforcePartLimits=ALL
 SchedulerParameters=sched_interval=5,bf_interval=5
 # Cores and memory are allocated per job, so 1-CPU jobs (sweep array tasks) run side by side;
 # a job that asks for no memory gets 1 GiB per CPU instead of the whole node. The partition's
-# OverSubscribe=FORCE:2 lets two jobs share each core: four 1-CPU jobs at once on 2 cores.
+# OverSubscribe=FORCE:4 lets four jobs share each core: eight 1-CPU jobs at once on 2 cores
+# (the tests run their scenarios side by side, and some jobs wait most of their time).
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
@@ -188,10 +189,13 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+# A cancelled job's processes get SIGTERM, then SIGKILL this long after (default 30 s).
+# submitit ignores SIGTERM, so 'scancel' takes effect after KillWait.
+KillWait=5
 SlurmctldTimeout=30
 SlurmdTimeout=30
 $node NodeAddr=127.0.0.1 State=UNKNOWN
-PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
+PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
 
     # slurmdbd reads slurmdbd.conf next to slurm.conf; it must be private to SlurmUser (root).

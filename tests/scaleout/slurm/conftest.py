@@ -53,13 +53,18 @@ def _slurm_node_states() -> tuple[set[str], str]:
     return _node_states()
 
 
-@pytest.fixture
-def slurm_cluster(_slurm_node_states):
-    """A scheduler whose node is idle or mixed (else skip); cancels the test's jobs afterwards."""
+@pytest.fixture(scope="session")
+def slurm_scheduler(_slurm_node_states) -> None:
+    """Skip unless a scheduler answers with an idle or mixed node."""
     states, why = _slurm_node_states
     if not states & {"idle", "mixed"}:
         reason = why or f"no idle/mixed SLURM node (sinfo says: {sorted(states) or 'none'})"
         pytest.skip(f"{reason}; start the one-node test cluster with `{START}`")
+
+
+@pytest.fixture
+def slurm_cluster(slurm_scheduler):
+    """A scheduler whose node is idle or mixed (else skip); cancels the test's jobs afterwards."""
     cluster = Cluster()
     yield cluster
     cluster.cancel_all()
